@@ -1,0 +1,3 @@
+from genmnist.cli import main
+
+main()

@@ -1,0 +1,285 @@
+"""The ``genmnist`` command line: list, info, train and sample models.
+
+Torch is imported inside the commands, so ``genmnist --help`` answers at once. Errors a
+user can cause print one line (``error: ...``) and exit non-zero: 2 for bad usage, 1 for
+runtime failures, 130 for an interrupted run. Set ``GENMNIST_DEBUG=1`` for tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genmnist.errors import GenmnistError
+
+app = typer.Typer(
+    name="genmnist",
+    help="Generative models for MNIST-sized images: train, sample and inspect them.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+DatasetOption = Annotated[
+    str, typer.Option("--dataset", "-d", help="mnist or fashion-mnist.", show_default=True)
+]
+
+
+class UsageProblem(GenmnistError):
+    """A bad argument or combination of arguments (exit code 2, like click's usage errors)."""
+
+    exit_code = 2
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _check_dataset(dataset: str) -> str:
+    from genmnist.data import DATASETS
+
+    if dataset not in DATASETS:
+        raise UsageProblem(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
+    return dataset
+
+
+def _model_entry(name: str):
+    from genmnist.errors import RegistryError
+    from genmnist.registry import MODELS
+
+    try:
+        return MODELS.entry(name)
+    except RegistryError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def _default_config(entry) -> dict:
+    return {**entry.obj.config_class().to_dict(), **_jsonable(entry.defaults)}
+
+
+def _jsonable(values: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+@app.command("list")
+def list_models(
+    pattern: Annotated[str, typer.Argument(help="Shell-style wildcard, e.g. 'vae*'.")] = "*",
+) -> None:
+    """List registered models (built-in and plugins)."""
+    from rich.table import Table
+
+    from genmnist.models import DATASETS, pretrained_dir
+    from genmnist.registry import MODELS
+
+    table = Table("model", "conditional", "pretrained", "source", "description")
+    for name in MODELS.list(pattern):
+        entry = MODELS.entry(name)
+        conditional = _default_config(entry).get("num_classes", 0) > 0
+        shipped = [d for d in DATASETS if pretrained_dir(name, d) is not None]
+        table.add_row(
+            name,
+            "yes" if conditional else "no",
+            ", ".join(shipped) or "-",
+            entry.source,
+            entry.summary,
+        )
+    console = _console()
+    console.print(table)
+    for name, problem in MODELS.problems().items():
+        if _matches(name, pattern):
+            console.print(f"[yellow]warning[/]: {problem}")
+
+
+def _matches(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+@app.command()
+def info(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
+    """Show a model's description, default config, size and shipped weights."""
+    from rich.table import Table
+
+    from genmnist.models import DATASETS, create_model, pretrained_dir
+
+    entry = _model_entry(name)
+    model = create_model(name)
+    console = _console()
+    console.print(f"[bold]{name}[/] - {entry.summary}")
+    console.print(f"class: {type(model).__module__}.{type(model).__qualname__}")
+    console.print(f"source: {entry.source}")
+    console.print(f"parameters: {model.num_parameters():,}")
+    classes = f"yes, {model.config.num_classes} classes" if model.conditional else "no"
+    console.print(f"conditional: {classes}")
+    for dataset in DATASETS:
+        folder = pretrained_dir(name, dataset)
+        console.print(f"pretrained ({dataset}): {folder if folder else 'none'}")
+    table = Table(
+        "config field", "default", title="config (override with genmnist train --config FILE)"
+    )
+    for key, value in model.config.to_dict().items():
+        table.add_row(key, repr(value))
+    console.print(table)
+
+
+@app.command()
+def train(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many optimizer steps.")
+    ] = None,
+    dataset: DatasetOption = "mnist",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data root (default: $GENMNIST_DATA or ~/.cache).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON file of config fields to override.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 42,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 500,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: auto).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train a model: writes config.json, model.safetensors, checkpoints, metrics, loss plot."""
+    _check_dataset(dataset)
+    _model_entry(name)
+    out = out or Path("runs") / name
+    from genmnist.io import read_json
+    from genmnist.models import create_model
+    from genmnist.models.base import CONFIG_FILE
+    from genmnist.training import Trainer, TrainingInterrupted, TrainOptions
+
+    if resume:
+        if not (out / CONFIG_FILE).is_file():
+            raise GenmnistError(
+                f"--resume: {out} holds no run (no {CONFIG_FILE}); nothing to resume"
+            )
+        record = read_json(out / CONFIG_FILE)
+        if record.get("model") != name:
+            raise UsageProblem(f"{out} holds a '{record.get('model')}' run, not '{name}'")
+        overrides = record.get("config", {})
+        if config is not None:
+            raise UsageProblem("--config cannot change a run being resumed")
+    else:
+        overrides = _read_overrides(config) if config is not None else {}
+    model = create_model(name, **overrides)
+    options = TrainOptions(
+        out=out,
+        epochs=epochs,
+        max_steps=max_steps,
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir is not None else None,
+        seed=seed,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        device=device,
+        progress=not quiet and sys.stderr.isatty(),
+    )
+    try:
+        Trainer(model, options).fit()
+    except TrainingInterrupted as exc:
+        _console().print(f"[yellow]{exc}[/]")
+        raise typer.Exit(130) from None
+
+
+def _read_overrides(path: Path) -> dict:
+    from genmnist.io import read_json
+
+    data = read_json(path)
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]  # a whole config.json from another run
+    if not isinstance(data, dict):
+        raise GenmnistError(f"{path}: expected a JSON object of config fields")
+    return data
+
+
+@app.command()
+def sample(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of images.")] = 64,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output file (default NAME-samples.png).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed; sample i is the same for any -n.")] = None,
+    label: Annotated[
+        int | None, typer.Option(min=0, max=9, help="Class label (conditional models).")
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="png, npy or pt (default: from -o).")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Run or model folder (default: shipped weights).")
+    ] = None,
+    dataset: DatasetOption = "mnist",
+    nrow: Annotated[int | None, typer.Option(min=1, help="Images per grid row.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images generated at once.")] = 1000,
+) -> None:
+    """Draw samples and save them as a PNG grid, a .npy array or a .pt tensor."""
+    from genmnist.viz import OUTPUT_FORMATS
+
+    _check_dataset(dataset)
+    entry = _model_entry(name)
+    if label is not None and _default_config(entry).get("num_classes", 0) == 0:
+        raise UsageProblem(f"'{name}' is unconditional: it takes no --label")
+    if fmt is not None and fmt not in OUTPUT_FORMATS:
+        raise UsageProblem(f"unknown format '{fmt}'; choose from {', '.join(OUTPUT_FORMATS)}")
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise GenmnistError(f"--checkpoint: {checkpoint} is not a folder")
+    output = output or Path(f"{name}-samples.{fmt or 'png'}")
+    import random
+
+    from genmnist.models import load
+    from genmnist.viz import save_samples
+
+    model = load(checkpoint if checkpoint is not None else name, dataset=dataset)
+    if model.name != name:
+        raise UsageProblem(f"{checkpoint} holds a '{model.name}' model, not '{name}'")
+    if label is not None and not model.conditional:
+        raise UsageProblem(f"'{name}' is unconditional: it takes no --label")
+    if seed is None:
+        seed = random.randrange(2**31)
+    images = model.sample(n, labels=label, seed=seed, batch_size=batch_size)
+    default_rows = 10 if model.conditional and label is None else 8
+    path = save_samples(images, output, fmt=fmt, nrow=nrow or default_rows)
+    _console().print(f"Saved {n} samples of {name} (seed {seed}) to {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``genmnist`` script."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("GENMNIST_DEBUG", "") not in ("", "0")
+    try:
+        code = app(args=args or ["--help"], prog_name="genmnist", standalone_mode=False)
+    except GenmnistError as exc:
+        if debug:
+            raise
+        code = _fail(str(exc), getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        code = _fail("interrupted", 130)
+    except Exception as exc:
+        # Typer's (or click's) usage errors: duck-typed, since Typer >= 0.17 vendors click.
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            code = _fail(exc.format_message(), exc.exit_code)
+        elif type(exc).__name__ == "Abort":
+            code = _fail("aborted", 130)
+        elif debug:
+            raise
+        else:  # keep tracebacks away from users unless asked for
+            code = _fail(f"unexpected {type(exc).__name__}: {exc} (GENMNIST_DEBUG=1 shows more)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> int:
+    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
+    typer.echo(f"error: {first_line}", err=True)
+    return code

@@ -1,0 +1,153 @@
+"""MNIST and Fashion-MNIST, read once into memory as uint8 tensors.
+
+Files are found through ``torchvision.datasets`` under a root folder chosen as: the
+``data_dir`` argument (``--data-dir``), else the ``GENMNIST_DATA`` environment variable,
+else ``~/.cache/genmnist/data`` (``$XDG_CACHE_HOME/genmnist/data``). Missing files are
+downloaded when the machine is online.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from genmnist.errors import DataError
+
+#: Dataset name -> (torchvision class name, folder under the root, class names).
+DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mnist": ("MNIST", tuple(str(i) for i in range(10))),
+    "fashion-mnist": (
+        "FashionMNIST",
+        (
+            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        ),
+    ),
+}  # fmt: skip
+
+RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass(frozen=True)
+class InMemoryDataset:
+    """A whole split in memory: ``images`` uint8 ``(N, 28, 28)``, ``labels`` int64 ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    name: str
+    split: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images as floats ``(b, 1, 28, 28)`` in ``[0, 1]`` and their labels."""
+        images = self.images[indices].unsqueeze(1).float().div_(255.0)
+        return images, self.labels[indices]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return DATASETS[self.name][1]
+
+
+def default_root() -> Path:
+    """The data root when no ``data_dir`` is given (see the module docstring)."""
+    if env := os.environ.get("GENMNIST_DATA"):
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "genmnist" / "data"
+
+
+def check_dataset_name(name: str) -> str:
+    """Return ``name`` if it is a known dataset, else raise :class:`DataError`."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
+    return name
+
+
+def load_dataset(
+    name: str = "mnist",
+    split: str = "train",
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+) -> InMemoryDataset:
+    """Read a whole split into memory.
+
+    Args:
+        name: ``mnist`` or ``fashion-mnist``.
+        split: ``train`` (60,000 images) or ``test`` (10,000).
+        data_dir: Root folder holding ``MNIST/raw/`` or ``FashionMNIST/raw/``.
+        download: Try to download missing files.
+
+    Raises:
+        DataError: the files are missing (and could not be downloaded) or malformed; the
+            message says where to put them.
+    """
+    check_dataset_name(name)
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split '{split}'; use 'train' or 'test'")
+    root = Path(data_dir).expanduser() if data_dir is not None else default_root()
+    folder_name, _ = DATASETS[name]
+    raw = root / folder_name / "raw"
+
+    import torchvision.datasets as tvd  # slow import (~3 s): only when data is needed
+
+    cls = getattr(tvd, folder_name)
+    try:
+        dataset = cls(str(root), train=split == "train", download=False)
+    except RuntimeError:
+        dataset = None
+    except Exception as exc:  # torchvision's reader fails in several ways on bad files
+        raise DataError(f"{raw}: malformed {name} files ({type(exc).__name__}: {exc})") from None
+    if dataset is None and download:
+        try:
+            dataset = cls(str(root), train=split == "train", download=True)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(_missing_message(name, raw, f"download failed: {reason}")) from None
+    if dataset is None:
+        raise DataError(_missing_message(name, raw, "download disabled"))
+
+    images, labels = dataset.data, dataset.targets
+    if images.dtype != torch.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
+        raise DataError(f"{raw}: expected uint8 images of 28x28, got {tuple(images.shape)}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"{raw}: {images.shape[0]} images but {labels.shape[0]} labels for split '{split}'"
+        )
+    labels = labels.long()
+    if labels.numel() and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{raw}: labels must be 0..9")
+    return InMemoryDataset(images.contiguous(), labels, name, split)
+
+
+def _missing_message(name: str, raw: Path, why: str) -> str:
+    files = ", ".join(RAW_FILES)
+    return (
+        f"{name} not found under {raw} ({why}). Put the four IDX files ({files}) in that "
+        "folder, or point --data-dir / GENMNIST_DATA at a folder that holds "
+        f"{raw.parent.name}/raw/"
+    )
+
+
+def write_idx(path: str | os.PathLike[str], tensor: torch.Tensor) -> None:
+    """Write a uint8 tensor as an (uncompressed) IDX file, the format MNIST ships in.
+
+    Handy for tests and for packaging your own 28x28 data the same way.
+    """
+    if tensor.dtype != torch.uint8:
+        raise ValueError("write_idx writes uint8 tensors")
+    header = bytes([0, 0, 0x08, tensor.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in tensor.shape
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + tensor.contiguous().numpy().tobytes())

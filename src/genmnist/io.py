@@ -1,0 +1,154 @@
+"""Safe file formats: safetensors for tensors, JSON for everything else.
+
+Nothing here unpickles. Writes are atomic (a temporary file in the same folder, flushed
+to disk, then renamed over the target), so a crash never leaves a half-written file under
+the real name; a leftover ``*.tmp`` file is simply ignored by readers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genmnist.errors import CheckpointError
+
+_LFS_POINTER = b"version https://git-lfs"
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and atomically move the result to ``path``.
+
+    The parent folder is created if needed. If ``write`` fails, ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, raising :class:`CheckpointError` with the file name on failure."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+
+
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save named tensors to a safetensors file, atomically.
+
+    Tensors are copied to contiguous CPU memory first, so views and shared storage are fine.
+    """
+    from safetensors.torch import save_file
+
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    meta = {"format": "pt", **(metadata or {})}
+    return atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=meta))
+
+
+def load_tensors(
+    path: str | os.PathLike[str], check_finite: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file as ``(tensors, metadata)``.
+
+    Raises:
+        CheckpointError: naming the file, if it is missing, not a safetensors file (a
+            Git-LFS pointer, truncated, junk), or (with ``check_finite``) holds NaN or inf.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        head = f.read(len(_LFS_POINTER))
+    if head == _LFS_POINTER:
+        raise CheckpointError(
+            f"{path}: this is a Git LFS pointer, not the weights; run `git lfs pull`"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a valid safetensors file ({reason})") from None
+    if check_finite:
+        for key, value in tensors.items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise CheckpointError(f"{path}: tensor '{key}' contains NaN or inf values")
+    return tensors, metadata
+
+
+def flatten_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a nested structure of dicts/lists/scalars/tensors into a JSON skeleton and a
+    flat dict of tensors, so optimizer and scheduler states fit safetensors + JSON.
+
+    Each tensor is replaced in the skeleton by ``{"__tensor__": key}``;
+    :func:`unflatten_state` reverses it. Dict keys that are ints (optimizer state) are kept
+    as ``{"__int_keys__": ...}``.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(obj: Any, key: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            tensors[key] = obj
+            return {"__tensor__": key}
+        if isinstance(obj, Mapping):
+            int_keys = all(isinstance(k, int) for k in obj) and len(obj) > 0
+            items = {str(k): walk(v, f"{key}.{k}") for k, v in obj.items()}
+            return {"__int_keys__": items} if int_keys else items
+        if isinstance(obj, list | tuple):
+            return [walk(v, f"{key}.{i}") for i, v in enumerate(obj)]
+        if obj is None or isinstance(obj, bool | int | float | str):
+            return obj
+        raise TypeError(f"cannot store {type(obj).__name__} at '{key}' in a checkpoint")
+
+    return walk(state, prefix or "state"), tensors
+
+
+def unflatten_state(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {"__tensor__"}:
+            key = skeleton["__tensor__"]
+            if key not in tensors:
+                raise CheckpointError(f"checkpoint is missing tensor '{key}'")
+            return tensors[key]
+        if set(skeleton) == {"__int_keys__"}:
+            return {
+                int(k): unflatten_state(v, tensors) for k, v in skeleton["__int_keys__"].items()
+            }
+        return {k: unflatten_state(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    return skeleton

@@ -1,0 +1,140 @@
+"""Assembled models, and the functions that make and load them by name.
+
+Importing this package registers the built-in models in :data:`genmnist.registry.MODELS`.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from genmnist.errors import CheckpointError, ConfigError, RegistryError
+from genmnist.models.base import (
+    CONFIG_FILE,
+    CONFIG_FORMAT,
+    WEIGHTS_FILE,
+    GenerativeModel,
+    ModelConfig,
+    SampleNoise,
+)
+from genmnist.models.vae import VAE, VAEConfig
+from genmnist.registry import MODELS
+
+DATASETS = ("mnist", "fashion-mnist")
+
+__all__ = [
+    "DATASETS",
+    "VAE",
+    "GenerativeModel",
+    "ModelConfig",
+    "SampleNoise",
+    "VAEConfig",
+    "create_model",
+    "load",
+    "pretrained_dir",
+]
+
+
+def create_model(name: str, **overrides: Any) -> GenerativeModel:
+    """A new, untrained model registered as ``name``, with config fields ``overrides``.
+
+    Raises:
+        RegistryError: for an unknown name (with suggestions) or a broken plugin.
+        ConfigError: for unknown config fields.
+    """
+    entry = MODELS.entry(name)
+    try:
+        model = MODELS.create(name, **overrides)
+    except ConfigError:
+        raise
+    except TypeError as exc:  # a plugin class with an unexpected signature
+        raise ConfigError(f"cannot build model '{name}' from {entry.source}: {exc}") from None
+    if not isinstance(model, GenerativeModel):
+        raise RegistryError(
+            f"model '{name}' from {entry.source} built a {type(model).__name__}, "
+            "not a genmnist GenerativeModel"
+        )
+    model.name = name
+    return model
+
+
+def pretrained_dir(name: str, dataset: str = "mnist") -> Path | None:
+    """Folder of the weights shipped for model ``name`` on ``dataset``, or None."""
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
+    cls = MODELS.get(name)
+    try:
+        root = resources.files(cls.pretrained_package)
+    except ModuleNotFoundError:
+        return None
+    folder = root / dataset / name
+    if not (folder / CONFIG_FILE).is_file():
+        return None
+    return Path(str(folder))
+
+
+def load(name_or_path: str | os.PathLike[str], dataset: str = "mnist") -> GenerativeModel:
+    """Load a trained model, ready to sample.
+
+    Args:
+        name_or_path: A folder with ``config.json`` and ``model.safetensors`` (as written by
+            :meth:`GenerativeModel.save_pretrained` or ``genmnist train``), or the name of a
+            registered model to load its shipped weights.
+        dataset: Which shipped weights to use when a name is given.
+
+    Raises:
+        CheckpointError: the folder or its files are missing or broken.
+        RegistryError: the name is unknown, or no weights ship for it.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return _load_folder(path)
+    name = str(name_or_path)
+    if name not in MODELS and (os.sep in name or "/" in name or path.suffix):
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    folder = pretrained_dir(name, dataset)
+    if folder is None:
+        raise RegistryError(
+            f"no pretrained weights ship for '{name}' on {dataset}; train it with "
+            f"`genmnist train {name} --out runs/{name}` and pass --checkpoint runs/{name}"
+        )
+    return _load_folder(folder)
+
+
+def _load_folder(folder: Path) -> GenerativeModel:
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder}: no {CONFIG_FILE} here; is this a genmnist checkpoint?")
+    from genmnist.io import read_json
+
+    record = read_json(config_path)
+    if not isinstance(record, dict) or record.get("format") != CONFIG_FORMAT:
+        raise CheckpointError(f"{config_path}: not a genmnist model config")
+    name = record.get("model")
+    if not isinstance(name, str):
+        raise CheckpointError(f"{config_path}: 'model' must name a registered model")
+    try:
+        cls = MODELS.get(name)
+    except RegistryError as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    version = record.get("config_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{config_path}: missing or invalid 'config_version'")
+    if version > cls.config_version:
+        raise CheckpointError(
+            f"{config_path}: config version {version} is newer than this genmnist supports "
+            f"for '{name}' ({cls.config_version}); upgrade genmnist"
+        )
+    config = record.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: 'config' must be an object")
+    config = cls.migrate_config(config, version)
+    try:
+        model = create_model(name, **config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    model.load_weights(folder / WEIGHTS_FILE)
+    model.eval()
+    return model

@@ -1,0 +1,365 @@
+"""The contract every genmnist model follows.
+
+A model is a :class:`torch.nn.Module` with
+
+* a JSON-serialisable, versioned config dataclass (:class:`ModelConfig` subclass),
+* :meth:`GenerativeModel.sample` returning images ``(n, 1, 28, 28)`` in ``[0, 1]``,
+* :meth:`GenerativeModel.training_loss`, the hook the shared trainer calls,
+* :meth:`GenerativeModel.save_pretrained` / :meth:`GenerativeModel.from_pretrained`
+  writing and reading ``config.json`` + ``model.safetensors``.
+
+Conventions settled once for all models: images cross the public API as floats in
+``[0, 1]`` with shape ``(n, 1, 28, 28)``; any rescaling is the model's own business.
+Sampling with a seed is reproducible per sample: sample ``i`` is the same whether drawn in
+a batch of 8 or 800 (see :class:`SampleNoise`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from genmnist._version import __version__
+from genmnist.errors import CheckpointError, ConfigError
+from genmnist.io import load_tensors, save_tensors, write_json
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FORMAT = "genmnist-model"
+NUM_PIXELS = 28 * 28
+IMAGE_SHAPE = (1, 28, 28)
+
+M = TypeVar("M", bound="GenerativeModel")
+
+
+@dataclass
+class ModelConfig:
+    """Fields every model config has: the training recipe the shared trainer reads.
+
+    Subclasses add architecture fields. All fields must be JSON values (numbers, strings,
+    booleans, lists, dicts, None); tuples are stored as lists.
+
+    Attributes:
+        num_classes: 0 for an unconditional model, else the number of class labels.
+        batch_size: Training batch size.
+        lr: Peak learning rate.
+        optimizer: Name in :data:`genmnist.training.OPTIMIZERS` (``adam``, ``adamw``, ``sgd``).
+        weight_decay: Optimizer weight decay.
+        betas: Adam betas.
+        lr_schedule: Name in :data:`genmnist.training.LR_SCHEDULES`.
+        warmup_steps: Linear learning-rate warm-up steps.
+        grad_clip: Clip the gradient norm to this value (None: no clipping).
+        ema_decay: Keep an exponential moving average of the weights (None: no EMA).
+        precision: ``"bf16"`` (autocast), ``"fp32"``, or ``"auto"`` (bf16 where the
+            model says it helps, see :attr:`GenerativeModel.bf16_helps`).
+    """
+
+    num_classes: int = 0
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    precision: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON values."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build a config from :meth:`to_dict` output; missing fields take their defaults.
+
+        Raises:
+            ConfigError: naming unknown fields.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown {cls.__name__} field(s): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(names))}"
+            )
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                value = data[f.name]
+                values[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with some fields changed (unknown names raise :class:`ConfigError`)."""
+        return type(self).from_dict({**self.to_dict(), **overrides})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class SampleNoise:
+    """Gaussian noise drawn per sample, so sample ``i`` does not depend on the batch.
+
+    Each sample owns a generator seeded from ``(base_seed, i)``; every call to
+    :meth:`randn` draws the next values of each sample's own stream. Models draw all their
+    randomness through this object when sampling.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self._generators = []
+        for seed in seeds:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(int(seed))
+            self._generators.append(g)
+
+    def __len__(self) -> int:
+        return len(self._generators)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """A ``(len(self), *shape)`` tensor of standard normal noise."""
+        out = torch.stack([torch.randn(shape, generator=g) for g in self._generators])
+        return out.to(self.device)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """A ``(len(self), *shape)`` tensor of uniform noise in ``[0, 1)``."""
+        out = torch.stack([torch.rand(shape, generator=g) for g in self._generators])
+        return out.to(self.device)
+
+    @staticmethod
+    def sample_seeds(n: int, generator: torch.Generator | None = None, seed: int | None = None):
+        """Per-sample seeds ``base + i``; ``base`` comes from ``seed``, ``generator`` or the
+        global RNG, in that order."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        return [seed * 1_000_003 + i for i in range(n)]
+
+
+class GenerativeModel(nn.Module):
+    """Base class of every genmnist model.
+
+    Subclasses set :attr:`config_class`, build their layers from ``self.config`` and
+    implement :meth:`generate` (one batch of samples from per-sample noise) and
+    :meth:`training_loss`.
+
+    Args:
+        config: The model's config; defaults to ``config_class()``.
+        **overrides: Config fields to change, e.g. ``VAE(latent_dim=16)``.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    #: Version of the config schema. Bump it when a field changes meaning, and teach
+    #: :meth:`migrate_config` to upgrade older dicts, so old checkpoints keep loading.
+    config_version: ClassVar[int] = 1
+    #: Name used in ``config.json`` when the model was not made through the registry.
+    default_name: ClassVar[str] = ""
+    #: Package holding shipped weights as ``<dataset>/<name>/{config.json,model.safetensors}``.
+    pretrained_package: ClassVar[str] = "genmnist.pretrained"
+    #: Whether bf16 autocast speeds up training on CPU (``precision="auto"``), as measured.
+    bf16_helps: ClassVar[bool] = False
+
+    def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        base = config if config is not None else self.config_class()
+        if not isinstance(base, self.config_class):
+            raise ConfigError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                f"got {type(base).__name__}"
+            )
+        self.config = base.replace(**overrides) if overrides else base
+        self.name = self.default_name or type(self).__name__.lower()
+        if self.config.num_classes < 0:
+            raise ConfigError("num_classes must be >= 0")
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def conditional(self) -> bool:
+        """True if the model takes class labels."""
+        return self.config.num_classes > 0
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's first parameter (CPU for a model without any)."""
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ----------------------------------------------------------------- sampling
+    def sample(
+        self,
+        n: int,
+        labels: int | Sequence[int] | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        seed: int | None = None,
+        batch_size: int = 1000,
+    ) -> torch.Tensor:
+        """Draw ``n`` images, a float tensor ``(n, 1, 28, 28)`` in ``[0, 1]`` on the CPU.
+
+        Args:
+            n: Number of images (> 0).
+            labels: For conditional models: one label for all, one per sample, or None for
+                the balanced cycle ``0, 1, ..., 9, 0, 1, ...``. Must be None for
+                unconditional models.
+            generator: Source of the base seed when ``seed`` is not given.
+            seed: Makes sampling reproducible; sample ``i`` is identical whatever ``n``
+                and ``batch_size`` are.
+            batch_size: Images generated at once (bounds memory for large ``n``).
+        """
+        if n <= 0:
+            raise ConfigError(f"number of samples must be positive, got {n}")
+        label_tensor = self._check_labels(n, labels)
+        seeds = SampleNoise.sample_seeds(n, generator, seed)
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            with torch.inference_mode():
+                for start in range(0, n, batch_size):
+                    stop = min(n, start + batch_size)
+                    noise = SampleNoise(seeds[start:stop], self.device)
+                    batch_labels = None if label_tensor is None else label_tensor[start:stop]
+                    if batch_labels is not None:
+                        batch_labels = batch_labels.to(self.device)
+                    images = self.generate(noise, batch_labels)
+                    out.append(images.float().clamp(0, 1).cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(out)
+
+    def _check_labels(self, n: int, labels: Any) -> torch.Tensor | None:
+        if not self.conditional:
+            if labels is not None:
+                raise ConfigError(f"model '{self.name}' is unconditional: it takes no labels")
+            return None
+        k = self.config.num_classes
+        if labels is None:
+            return torch.arange(n) % k
+        tensor = torch.as_tensor(labels, dtype=torch.long).flatten()
+        if tensor.numel() == 1:
+            tensor = tensor.expand(n).clone()
+        if tensor.numel() != n:
+            raise ConfigError(f"got {tensor.numel()} labels for {n} samples")
+        if tensor.min() < 0 or tensor.max() >= k:
+            raise ConfigError(f"labels must be in 0..{k - 1} for model '{self.name}'")
+        return tensor
+
+    def generate(self, noise: SampleNoise, labels: torch.Tensor | None) -> torch.Tensor:
+        """Generate one batch of ``len(noise)`` images in ``[0, 1]`` (called by
+        :meth:`sample` under ``torch.inference_mode``). Draw all randomness from ``noise``."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- training
+    def optimizer_groups(self) -> dict[str, Iterable[nn.Parameter]]:
+        """Parameters per optimizer, in the order the trainer steps them.
+
+        Single-optimizer models return ``{"model": ...}``; a GAN returns
+        ``{"discriminator": ..., "generator": ...}`` and its :meth:`training_loss` is
+        called once per group with ``phase`` set to that name.
+        """
+        return {"model": self.parameters()}
+
+    def optimizer_options(self, phase: str) -> dict[str, Any]:
+        """Per-phase overrides of the optimizer settings (e.g. ``{"lr": 4e-4}``)."""
+        return {}
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
+    ) -> dict[str, torch.Tensor]:
+        """Loss of one batch, the hook the shared trainer calls.
+
+        Args:
+            images: ``(b, 1, 28, 28)`` floats in ``[0, 1]``.
+            labels: ``(b,)`` class labels (ignored by unconditional models).
+            step: Global optimizer step, for schedules such as KL annealing.
+            phase: Which optimizer group is being stepped (see :meth:`optimizer_groups`).
+
+        Returns:
+            A dict with the scalar to minimise under ``"loss"`` and any other scalars to log.
+        """
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if
+        needed). Returns the folder."""
+        directory = Path(directory)
+        save_tensors(directory / WEIGHTS_FILE, self.state_dict(), {"model": self.name})
+        write_json(directory / CONFIG_FILE, self.config_record())
+        return directory
+
+    def config_record(self) -> dict[str, Any]:
+        """The contents of ``config.json``."""
+        return {
+            "format": CONFIG_FORMAT,
+            "model": self.name,
+            "config_version": self.config_version,
+            "genmnist_version": __version__,
+            "config": self.config.to_dict(),
+        }
+
+    @classmethod
+    def migrate_config(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Upgrade a config dict saved with an older :attr:`config_version`."""
+        return data
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M], name_or_path: str | os.PathLike[str], dataset: str = "mnist"
+    ) -> M:
+        """Load a model from a folder (``config.json`` + ``model.safetensors``) or, given a
+        registered name, from the weights shipped for ``dataset``.
+
+        Raises:
+            CheckpointError: if the folder or shipped weights are missing or broken, or
+                hold a model of another class.
+        """
+        from genmnist.models import load
+
+        model = load(name_or_path, dataset=dataset)
+        if not isinstance(model, cls):
+            raise CheckpointError(
+                f"{name_or_path} holds a {type(model).__name__}, not a {cls.__name__}"
+            )
+        return model
+
+    def load_weights(self, path: str | os.PathLike[str]) -> None:
+        """Load a ``model.safetensors`` file into this model, checking names and shapes."""
+        tensors, _ = load_tensors(path)
+        own = self.state_dict()
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: weights do not match the config "
+                f"(missing: {', '.join(missing[:5]) or 'none'}; "
+                f"unexpected: {', '.join(unexpected[:5]) or 'none'})"
+            )
+        for key, value in tensors.items():
+            if value.shape != own[key].shape:
+                raise CheckpointError(
+                    f"{path}: tensor '{key}' has shape {tuple(value.shape)}, "
+                    f"the config needs {tuple(own[key].shape)}"
+                )
+        self.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, parameters={self.num_parameters():,}"

@@ -1,0 +1,207 @@
+"""Variational autoencoders: MLP, convolutional and class-conditional.
+
+Registered as ``vae-mlp``, ``vae-conv`` and ``cvae``: one :class:`VAE` class whose config
+names its encoder and decoder in :data:`genmnist.nn.ENCODERS` / :data:`genmnist.nn.DECODERS`.
+The decoder models pixels as Bernoulli means (``sigmoid`` of its logits); samples are
+those means, decoded from ``z ~ N(0, I)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from genmnist.errors import ConfigError
+from genmnist.losses import RECONSTRUCTION_LOSSES, gaussian_kl, kl_weight
+from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
+from genmnist.nn import DECODERS, ENCODERS
+from genmnist.registry import MODELS
+
+
+@dataclass
+class VAEConfig(ModelConfig):
+    """Architecture and loss of a :class:`VAE`.
+
+    Attributes:
+        encoder: Encoder name (``mlp`` or ``conv``).
+        decoder: Decoder name (``mlp`` or ``conv``).
+        hidden_dims: MLP hidden widths, or conv channels per layer (the decoder mirrors them).
+        latent_dim: Size of the latent space.
+        activation: Activation of encoder and decoder.
+        norm: Normalisation in conv layers (``batch``, ``group``, ``none``).
+        reconstruction: Reconstruction loss name (``bce``, ``mse``, ``l1``).
+        beta: Weight of the KL term (beta-VAE; 1 is the ELBO).
+        kl_warmup_steps: Steps over which the KL weight rises from 0 to ``beta``.
+        epochs: Default number of training epochs.
+    """
+
+    encoder: str = "mlp"
+    decoder: str = "mlp"
+    hidden_dims: tuple[int, ...] = (1024,)
+    latent_dim: int = 80
+    activation: str = "relu"
+    norm: str = "none"
+    reconstruction: str = "bce"
+    beta: float = 1.0
+    kl_warmup_steps: int = 0
+    epochs: int = 10
+
+
+class VAE(GenerativeModel):
+    """Variational autoencoder (Kingma & Welling, 2014), optionally class-conditional.
+
+    With ``num_classes > 0`` the one-hot label is appended to the encoder's features and to
+    the latent code, giving a conditional VAE (Sohn et al., 2015).
+    """
+
+    config_class = VAEConfig
+    default_name = "vae"
+    bf16_helps = True  # measured on 2 CPU cores: 2.6x (MLP), 1.6x (conv) images/s
+    config: VAEConfig
+
+    def __init__(self, config: VAEConfig | None = None, **overrides) -> None:
+        super().__init__(config, **overrides)
+        cfg = self.config
+        if cfg.latent_dim <= 0:
+            raise ConfigError("latent_dim must be positive")
+        RECONSTRUCTION_LOSSES.get(cfg.reconstruction)  # fail early on an unknown name
+        shared = dict(
+            hidden_dims=tuple(cfg.hidden_dims),
+            cond_features=cfg.num_classes,
+            activation=cfg.activation,
+            norm=cfg.norm,
+        )
+        self.encoder = ENCODERS.create(cfg.encoder, out_features=2 * cfg.latent_dim, **shared)
+        self.decoder = DECODERS.create(cfg.decoder, in_features=cfg.latent_dim, **shared)
+
+    def _cond(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        if labels is None:
+            raise ConfigError(f"model '{self.name}' is conditional: labels are required")
+        return F.one_hot(labels.long(), self.config.num_classes).float()
+
+    def encode(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior ``q(z | x)`` as ``(mean, logvar)``, each ``(b, latent_dim)``."""
+        mean, logvar = self.encoder(images, self._cond(labels)).chunk(2, dim=1)
+        return mean, logvar
+
+    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder logits ``(b, 1, 28, 28)`` for latent codes ``z``."""
+        return self.decoder(z, self._cond(labels))
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in ``[0, 1]`` (Bernoulli means) for latent codes ``z``."""
+        return torch.sigmoid(self.decode_logits(z, labels).float())
+
+    @torch.inference_mode()
+    def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean of ``images``: the model's reconstruction in ``[0, 1]``."""
+        mean, _ = self.encode(
+            images.to(self.device), None if labels is None else labels.to(self.device)
+        )
+        return self.decode(mean, labels).cpu()
+
+    @torch.inference_mode()
+    def interpolate(
+        self,
+        start: torch.Tensor,
+        end: torch.Tensor,
+        steps: int = 8,
+        labels: torch.Tensor | None = None,
+        method: str = "slerp",
+    ) -> torch.Tensor:
+        """Decode a path between the latent means of two images.
+
+        Args:
+            start, end: Images ``(1, 28, 28)`` or ``(1, 1, 28, 28)`` in ``[0, 1]``.
+            steps: Number of images on the path, both ends included.
+            labels: For a conditional model, the label (one element) used along the path.
+            method: ``slerp`` (spherical, stays at a typical norm for a Gaussian prior) or
+                ``linear``.
+
+        Returns:
+            ``(steps, 1, 28, 28)`` images in ``[0, 1]``.
+        """
+        pair = torch.stack([start.reshape(1, 28, 28), end.reshape(1, 28, 28)]).to(self.device)
+        pair_labels = None if labels is None else torch.as_tensor(labels).reshape(1).repeat(2)
+        mean, _ = self.encode(pair, pair_labels)
+        path = interpolate_latents(mean[0], mean[1], steps, method)
+        path_labels = None if labels is None else pair_labels[:1].repeat(steps)
+        return self.decode(path, path_labels).cpu()
+
+    def generate(self, noise: SampleNoise, labels: torch.Tensor | None) -> torch.Tensor:
+        z = noise.randn(self.config.latent_dim)
+        return self.decode(z, labels)
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
+    ) -> dict[str, torch.Tensor]:
+        labels = labels if self.conditional else None
+        mean, logvar = self.encode(images, labels)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        reconstruction = RECONSTRUCTION_LOSSES.get(self.config.reconstruction)(
+            self.decode_logits(z, labels), images
+        )
+        kl = gaussian_kl(mean, logvar)
+        weight = kl_weight(step, self.config.beta, self.config.kl_warmup_steps)
+        return {
+            "loss": reconstruction + weight * kl,
+            "reconstruction": reconstruction.detach(),
+            "kl": kl.detach(),
+            "elbo": -(reconstruction + kl).detach(),
+        }
+
+
+def interpolate_latents(
+    start: torch.Tensor, end: torch.Tensor, steps: int, method: str = "slerp"
+) -> torch.Tensor:
+    """``steps`` points from ``start`` to ``end`` (both included), linear or spherical."""
+    if steps < 2:
+        raise ConfigError("interpolation needs at least 2 steps")
+    t = torch.linspace(0, 1, steps, device=start.device).unsqueeze(1)
+    if method == "linear":
+        return (1 - t) * start + t * end
+    if method != "slerp":
+        raise ConfigError(f"unknown interpolation method '{method}'; use 'slerp' or 'linear'")
+    cos = F.cosine_similarity(start, end, dim=0).clamp(-1 + 1e-7, 1 - 1e-7)
+    omega = torch.arccos(cos)
+    if omega.abs() < 1e-4:  # nearly parallel: slerp degenerates to lerp
+        return (1 - t) * start + t * end
+    return (torch.sin((1 - t) * omega) * start + torch.sin(t * omega) * end) / torch.sin(omega)
+
+
+MODELS.register(
+    "vae-mlp",
+    VAE,
+    description="VAE with MLP encoder and decoder (784-1024-80)",
+    encoder="mlp",
+    decoder="mlp",
+    hidden_dims=(1024,),
+    latent_dim=80,
+)
+MODELS.register(
+    "vae-conv",
+    VAE,
+    description="Convolutional VAE (3 conv layers, latent 64, transposed-conv decoder)",
+    encoder="conv",
+    decoder="conv",
+    hidden_dims=(32, 64, 128),
+    latent_dim=64,
+    norm="batch",
+)
+MODELS.register(
+    "cvae",
+    VAE,
+    description="Class-conditional convolutional VAE (label in encoder and decoder)",
+    encoder="conv",
+    decoder="conv",
+    hidden_dims=(32, 64, 128),
+    latent_dim=32,
+    norm="batch",
+    num_classes=10,
+)

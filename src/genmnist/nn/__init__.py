@@ -1,0 +1,17 @@
+"""Reusable building blocks: encoders, decoders/generators and shared layers."""
+
+from genmnist.nn.decoders import DECODERS, ConvDecoder, MLPDecoder
+from genmnist.nn.encoders import ENCODERS, ConvEncoder, MLPEncoder
+from genmnist.nn.layers import ACTIVATIONS, NORMS, mlp
+
+__all__ = [
+    "ACTIVATIONS",
+    "DECODERS",
+    "ENCODERS",
+    "NORMS",
+    "ConvDecoder",
+    "ConvEncoder",
+    "MLPDecoder",
+    "MLPEncoder",
+    "mlp",
+]

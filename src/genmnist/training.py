@@ -1,0 +1,530 @@
+"""The shared trainer: one loop for every model family.
+
+It reads the recipe (batch size, optimizer, learning-rate schedule, EMA, precision) from
+the model's config, steps one optimizer per entry of
+:meth:`~genmnist.models.base.GenerativeModel.optimizer_groups` (so GANs work the same way
+as VAEs), and keeps a run folder::
+
+    runs/x/
+      config.json            model config (also what `genmnist sample --checkpoint` reads)
+      model.safetensors      latest weights for sampling (EMA weights when EMA is on)
+      checkpoint.safetensors everything needed to resume, written atomically
+      metrics.jsonl          one JSON record per logging interval
+      loss.png               loss curves
+
+Runs are deterministic for a seed on the CPU: a run stopped and resumed ends with the
+same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from genmnist.data import InMemoryDataset, load_dataset
+from genmnist.errors import CheckpointError, ConfigError, TrainingError
+from genmnist.io import flatten_state, load_tensors, save_tensors, unflatten_state
+from genmnist.models.base import CONFIG_FILE, WEIGHTS_FILE, GenerativeModel
+from genmnist.registry import Registry
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "loss.png"
+CHECKPOINT_VERSION = 1
+
+#: Optimizer classes by name; the model config's ``optimizer`` field picks one.
+OPTIMIZERS: Registry = Registry("optimizer")
+OPTIMIZERS.register("adam", torch.optim.Adam)
+OPTIMIZERS.register("adamw", torch.optim.AdamW)
+OPTIMIZERS.register("sgd", torch.optim.SGD)
+
+#: Learning-rate schedules by name: ``fn(step, total_steps, warmup_steps) -> multiplier``.
+LR_SCHEDULES: Registry = Registry("learning-rate schedule")
+
+
+def _warmup(step: int, warmup_steps: int) -> float:
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+@LR_SCHEDULES.register("constant")
+def constant_schedule(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Constant learning rate after a linear warm-up."""
+    return _warmup(step, warmup_steps)
+
+
+@LR_SCHEDULES.register("cosine")
+def cosine_schedule(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Linear warm-up, then cosine decay to zero at ``total_steps``."""
+    progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+    return _warmup(step, warmup_steps) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@LR_SCHEDULES.register("linear")
+def linear_schedule(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Linear warm-up, then linear decay to zero at ``total_steps``."""
+    progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+    return _warmup(step, warmup_steps) * (1.0 - progress)
+
+
+@dataclass
+class TrainOptions:
+    """How to run training (the model config says *what* to train).
+
+    Attributes:
+        out: Run folder.
+        epochs: Passes over the data (default: the config's ``epochs``, else 10).
+        max_steps: Stop after this many optimizer steps (overrides ``epochs``).
+        dataset: ``mnist`` or ``fashion-mnist``.
+        data_dir: Data root (default: ``GENMNIST_DATA`` or the user cache).
+        seed: Seed of everything random in the run.
+        resume: Continue the run in ``out``; an error if there is none.
+        checkpoint_every: Steps between checkpoints (also written at the end of each epoch
+            and when the run is interrupted).
+        log_every: Steps between metrics records.
+        device: ``cpu``, ``cuda``... (default: CUDA when available).
+        skip_nonfinite: Skip steps whose loss is NaN/inf instead of stopping.
+        progress: Show a progress bar.
+    """
+
+    out: Path = Path("runs/default")
+    epochs: int | None = None
+    max_steps: int | None = None
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    seed: int = 42
+    resume: bool = False
+    checkpoint_every: int = 500
+    log_every: int = 50
+    device: str | None = None
+    skip_nonfinite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run reports."""
+
+    step: int
+    epoch: int
+    seconds: float
+    images_per_second: float
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+    resumed_from: int | None = None
+
+
+class TrainingInterrupted(TrainingError):
+    """Raised after SIGINT/SIGTERM once the checkpoint is safely written."""
+
+
+def _ema_with_warmup(decay: float) -> Callable:
+    """EMA update for :class:`AveragedModel`: the decay ramps up as
+    ``min(decay, (1 + n) / (10 + n))`` so short CPU runs are not dominated by the random
+    initial weights."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged):
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return update
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, else CUDA when available, else the CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    """Trains a :class:`~genmnist.models.base.GenerativeModel` on an in-memory dataset.
+
+    Args:
+        model: The model to train (its config holds the recipe).
+        options: Run options.
+        dataset: The training split; loaded from ``options`` when omitted.
+        log: Where progress lines go (default: a rich console on stderr).
+    """
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        options: TrainOptions,
+        dataset: InMemoryDataset | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.options = options
+        self.out = Path(options.out)
+        self.device = pick_device(options.device)
+        self.dataset = dataset
+        self._console = None
+        self.log = log or self._rich_log
+        cfg = model.config
+        self.use_bf16 = cfg.precision == "bf16" or (
+            cfg.precision == "auto" and model.bf16_helps and self.device.type == "cpu"
+        )
+        if cfg.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"precision must be auto, bf16 or fp32, got '{cfg.precision}'")
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _rich_log(self, message: str) -> None:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+        self._console.print(message)
+
+    def _epochs(self) -> int:
+        if self.options.epochs is not None:
+            return self.options.epochs
+        return int(getattr(self.model.config, "epochs", 10))
+
+    def _build_optimizers(self, total_steps: int):
+        cfg = self.model.config
+        optimizers, schedulers = {}, {}
+        for phase, params in self.model.optimizer_groups().items():
+            settings: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+            if cfg.optimizer in ("adam", "adamw"):
+                settings["betas"] = tuple(cfg.betas)
+            settings.update(self.model.optimizer_options(phase))
+            optimizer = OPTIMIZERS.create(cfg.optimizer, params=list(params), **settings)
+            schedule = functools.partial(
+                LR_SCHEDULES.get(cfg.lr_schedule),
+                total_steps=total_steps,
+                warmup_steps=cfg.warmup_steps,
+            )
+            schedulers[phase] = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            optimizers[phase] = optimizer
+        return optimizers, schedulers
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, state: dict[str, Any]) -> None:
+        skeleton, tensors = flatten_state(
+            {
+                "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+                "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
+                "rng": {"torch": torch.get_rng_state()},
+            }
+        )
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        header = {
+            "version": CHECKPOINT_VERSION,
+            "model": self.model.name,
+            "config": self.model.config.to_dict(),
+            "state": skeleton,
+            **state,
+        }
+        save_tensors(self.out / CHECKPOINT_FILE, tensors, {"genmnist": json.dumps(header)})
+        exported = self.ema.module if self.ema is not None else self.model
+        save_tensors(self.out / WEIGHTS_FILE, exported.state_dict(), {"model": self.model.name})
+
+    def _load_checkpoint(self) -> dict[str, Any]:
+        path = self.out / CHECKPOINT_FILE
+        if not path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {path}; nothing to resume")
+        tensors, metadata = load_tensors(path)
+        try:
+            header = json.loads(metadata["genmnist"])
+        except (KeyError, json.JSONDecodeError):
+            raise CheckpointError(f"{path}: not a genmnist training checkpoint") from None
+        if header.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(f"{path}: unsupported checkpoint version {header.get('version')}")
+        if (
+            header.get("model") != self.model.name
+            or header.get("config") != self.model.config.to_dict()
+        ):
+            raise CheckpointError(
+                f"{path}: the checkpoint holds a '{header.get('model')}' run with another "
+                "config; resume with the run's own config (genmnist train reads it from the run)"
+            )
+        try:
+            self.model.load_state_dict(
+                {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+            )
+            if self.ema is not None:
+                self.ema.load_state_dict(
+                    {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+                )
+            state = unflatten_state(header["state"], tensors)
+            for phase, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][phase])
+            for phase, scheduler in self.schedulers.items():
+                scheduler.load_state_dict(state["schedulers"][phase])
+            torch.set_rng_state(state["rng"]["torch"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: checkpoint does not fit this model ({exc})") from None
+        return header
+
+    # ------------------------------------------------------------------ signals
+    @contextmanager
+    def _graceful_stop(self):
+        """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints, then stops."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # second Ctrl-C: stop hard
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self) -> TrainResult:
+        """Train until the epochs (or ``max_steps``) are done; returns a summary.
+
+        Raises:
+            TrainingInterrupted: after SIGINT/SIGTERM, once a checkpoint is written.
+            TrainingError: when the loss is NaN/inf (unless ``skip_nonfinite``).
+            CheckpointError: ``resume`` without a usable checkpoint, or a fresh run into a
+                folder that already holds one.
+        """
+        opts = self.options
+        torch.manual_seed(opts.seed)
+        if not opts.resume and (self.out / CHECKPOINT_FILE).exists():
+            raise CheckpointError(
+                f"{self.out} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        if self.dataset is None:
+            self.dataset = load_dataset(opts.dataset, "train", opts.data_dir)
+        cfg = self.model.config
+        batch_size = cfg.batch_size
+        batches_per_epoch = len(self.dataset) // batch_size
+        if batches_per_epoch == 0:
+            raise ConfigError(
+                f"batch size {batch_size} is larger than the dataset ({len(self.dataset)})"
+            )
+        epochs = self._epochs()
+        total_steps = opts.max_steps if opts.max_steps is not None else epochs * batches_per_epoch
+        if total_steps <= 0:
+            raise ConfigError("nothing to train: epochs and max_steps must be positive")
+        epochs = math.ceil(total_steps / batches_per_epoch)
+
+        self.model.to(self.device).train()
+        self.optimizers, self.schedulers = self._build_optimizers(total_steps)
+        self.ema = None
+        if cfg.ema_decay is not None:
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=_ema_with_warmup(cfg.ema_decay), use_buffers=True
+            )
+
+        step, resumed_from = 0, None
+        if opts.resume:
+            header = self._load_checkpoint()
+            step = resumed_from = int(header["step"])
+            if header.get("seed") != opts.seed:
+                self.log(f"note: the run used seed {header.get('seed')}; keeping it")
+                opts.seed = int(header["seed"])
+            self.log(
+                f"Resumed {self.out / CHECKPOINT_FILE} at step {step:,} "
+                f"(epoch {step // batches_per_epoch + 1}, batch {step % batches_per_epoch})"
+            )
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / METRICS_FILE).unlink(missing_ok=True)
+        from genmnist.io import write_json
+
+        write_json(self.out / CONFIG_FILE, self.model.config_record())
+        self._trim_metrics(step)
+
+        precision = "bf16 autocast" if self.use_bf16 else "fp32"
+        self.log(
+            f"Training [bold]{self.model.name}[/] ({self.model.num_parameters():,} parameters) "
+            f"on {self.device.type} ({precision}), {opts.dataset}: {len(self.dataset):,} images, "
+            f"batch {batch_size}, {total_steps:,} steps, seed {opts.seed} -> {self.out}"
+        )
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.use_bf16
+            else nullcontext()
+        )
+        started = time.perf_counter()
+        window_start, window_images = started, 0
+        metrics: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        count = 0
+        images_done = 0
+        interrupted = False
+
+        progress = self._progress(total_steps, step)
+        with self._graceful_stop(), progress:
+            task = progress.add_task("train", total=total_steps, completed=step, info="")
+            while step < total_steps:
+                epoch, batch_index = divmod(step, batches_per_epoch)
+                order = torch.randperm(
+                    len(self.dataset),
+                    generator=torch.Generator().manual_seed(opts.seed * 100_003 + epoch),
+                )
+                start = batch_index * batch_size
+                indices = order[start : start + batch_size]
+                images, labels = self.dataset.batch(indices)
+                images, labels = images.to(self.device), labels.to(self.device)
+
+                logged = self._train_step(images, labels, step, autocast)
+                step += 1
+                images_done += batch_size
+                window_images += batch_size
+                if logged is not None:
+                    for k, v in logged.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+
+                end_of_epoch = step % batches_per_epoch == 0
+                if step % opts.log_every == 0 or end_of_epoch or step == total_steps:
+                    now = time.perf_counter()
+                    rate = window_images / max(now - window_start, 1e-9)
+                    metrics = {k: v / max(count, 1) for k, v in sums.items()}
+                    record = {
+                        "step": step,
+                        "epoch": step / batches_per_epoch,
+                        **metrics,
+                        "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
+                        "images_per_second": rate,
+                        "time": now - started,
+                    }
+                    with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                    info = " ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:3])
+                    progress.update(task, info=f"{info} | {rate:,.0f} img/s")
+                    sums, count, window_start, window_images = {}, 0, now, 0
+                progress.update(task, completed=step)
+
+                stop = self._stop_signal is not None
+                if stop or end_of_epoch or step % opts.checkpoint_every == 0 or step == total_steps:
+                    self._save_checkpoint(
+                        {"step": step, "seed": opts.seed, "dataset": opts.dataset}
+                    )
+                if end_of_epoch or step == total_steps:
+                    self._write_curves()
+                if stop:
+                    interrupted = True
+                    break
+
+        seconds = time.perf_counter() - started
+        result = TrainResult(
+            step=step,
+            epoch=step // batches_per_epoch,
+            seconds=seconds,
+            images_per_second=images_done / max(seconds, 1e-9),
+            last_metrics=metrics,
+            interrupted=interrupted,
+            resumed_from=resumed_from,
+        )
+        if interrupted:
+            raise TrainingInterrupted(
+                f"interrupted at step {step:,}; checkpoint saved in {self.out}; "
+                "continue with --resume"
+            )
+        self.log(
+            f"Done: {step:,} steps in {seconds:,.0f} s ({result.images_per_second:,.0f} img/s); "
+            f"weights in {self.out / WEIGHTS_FILE}"
+        )
+        return result
+
+    def _train_step(self, images, labels, step, autocast) -> dict[str, float] | None:
+        logged: dict[str, float] = {}
+        for phase, optimizer in self.optimizers.items():
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                losses = self.model.training_loss(images, labels, step, phase)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                if self.options.skip_nonfinite:
+                    self.log(f"step {step}: {phase} loss is {loss.item()}; step skipped")
+                    return None
+                raise TrainingError(
+                    f"{phase} loss became {loss.item()} at step {step}; stopped without "
+                    f"overwriting the last good checkpoint in {self.out}"
+                )
+            loss.backward()
+            if self.model.config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]],
+                    self.model.config.grad_clip,
+                )
+            optimizer.step()
+            self.schedulers[phase].step()
+            prefix = "" if len(self.optimizers) == 1 else f"{phase}_"
+            logged.update({prefix + k: float(v.detach()) for k, v in losses.items()})
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return logged
+
+    def _progress(self, total: int, completed: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+        return Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self._console,
+            disable=not self.options.progress,
+        )
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop records past ``step`` (written after the last checkpoint of a stopped run)."""
+        path = self.out / METRICS_FILE
+        if not path.exists():
+            return
+        kept = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and _record_step(line) <= step
+        ]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def _write_curves(self) -> None:
+        from genmnist.viz import save_curves
+
+        series: dict[str, list[tuple[float, float]]] = {}
+        for line in (self.out / METRICS_FILE).read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            for key, value in record.items():
+                if key.endswith("loss") and isinstance(value, int | float):
+                    series.setdefault(key, []).append((record["step"], float(value)))
+        save_curves(series, self.out / CURVE_FILE, title=f"{self.model.name} training loss")
+
+
+def _record_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", math.inf))
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf

@@ -1,0 +1,116 @@
+"""Writing images: sample grids (PNG), arrays (npy, pt) and training curves.
+
+Grids follow ``torchvision.utils.save_image``'s layout (``nrow`` images per row, 2-pixel
+padding of black) but need only Pillow, so sampling never pays torchvision's ~3 s import.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from genmnist.errors import ConfigError
+from genmnist.io import atomic_write
+
+OUTPUT_FORMATS = ("png", "npy", "pt")
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0):
+    """Tile ``(n, c, h, w)`` images into one ``(c, H, W)`` image, as torchvision does."""
+    if images.ndim != 4:
+        raise ValueError(f"expected (n, c, h, w) images, got shape {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    cell_h, cell_w = h + padding, w + padding
+    grid = images.new_full((c, rows * cell_h + padding, cols * cell_w + padding), pad_value)
+    for i in range(n):
+        y, x = divmod(i, cols)
+        top, left = y * cell_h + padding, x * cell_w + padding
+        grid[:, top : top + h, left : left + w] = images[i]
+    return grid
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Floats in ``[0, 1]`` to bytes, rounding as ``torchvision.utils.save_image`` does."""
+    return images.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike[str], nrow: int = 8) -> Path:
+    """Save images in ``[0, 1]`` as one grayscale PNG grid (atomically)."""
+    from PIL import Image
+
+    grid = to_uint8(make_grid(images.detach().float().cpu(), nrow=nrow))[0]
+    picture = Image.fromarray(grid.numpy(), mode="L")
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def save_samples(
+    images: torch.Tensor, path: str | os.PathLike[str], fmt: str | None = None, nrow: int = 8
+) -> Path:
+    """Save samples as a PNG grid, a NumPy ``.npy`` array or a ``.pt`` tensor.
+
+    ``fmt`` defaults to the file suffix. Arrays keep the ``(n, 1, 28, 28)`` float32 values.
+    """
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".") or "png").lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"unknown output format '{fmt}'; choose from {', '.join(OUTPUT_FORMATS)}")
+    if fmt == "png":
+        return save_grid(images, path, nrow=nrow)
+    if fmt == "npy":
+        import numpy as np
+
+        return atomic_write(path, lambda tmp: np.save(tmp, images.float().cpu().numpy()))
+    return atomic_write(path, lambda tmp: torch.save(images.float().cpu(), tmp))
+
+
+def save_curves(
+    series: dict[str, Sequence[tuple[float, float]]],
+    path: str | os.PathLike[str],
+    title: str = "training loss",
+    size: tuple[int, int] = (640, 400),
+) -> Path:
+    """Plot ``{name: [(step, value), ...]}`` as lines in a small PNG (Pillow only).
+
+    Each series is scaled to its own min..max so curves of different magnitude share one
+    panel; the legend gives each series' first and last value.
+    """
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 50, 20, 30, 40 + 14 * len(series)
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 8), title, fill="black")
+    x0, y0, x1, y1 = left, top, width - right, height - bottom
+    draw.rectangle((x0, y0, x1, y1), outline="black")
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+    all_steps = [s for points in series.values() for s, _ in points]
+    if all_steps:
+        s_min, s_max = min(all_steps), max(all_steps)
+        draw.text((x0, y1 + 4), f"step {s_min:g}", fill="black")
+        draw.text((x1 - 80, y1 + 4), f"step {s_max:g}", fill="black")
+        for k, (name, points) in enumerate(series.items()):
+            values = [v for _, v in points if math.isfinite(v)]
+            if not values:
+                continue
+            v_min, v_max = min(values), max(values)
+            color = colors[k % len(colors)]
+            xy = [
+                (
+                    x0 + (x1 - x0) * (s - s_min) / max(s_max - s_min, 1e-12),
+                    y1 - (y1 - y0) * (v - v_min) / max(v_max - v_min, 1e-12),
+                )
+                for s, v in points
+                if math.isfinite(v)
+            ]
+            if len(xy) > 1:
+                draw.line(xy, fill=color, width=2)
+            label = f"{name}: {values[0]:.4g} -> {values[-1]:.4g} (range {v_min:.4g}..{v_max:.4g})"
+            draw.text((x0, y1 + 20 + 14 * k), label, fill=color)
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
