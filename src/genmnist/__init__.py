@@ -1,6 +1,6 @@
 """genmnist: generative models for MNIST-sized images.
 
-Heavy modules (torch) load on first use, so ``import genmnist`` and the CLI stay fast::
+Heavy modules (torch) load on first use, so ``import genmnist`` and the CLI stay fast:
 
     import genmnist
     model = genmnist.load("vae-conv")          # shipped weights
@@ -19,6 +19,10 @@ _EXPORTS = {
     "create_model": "genmnist.models",
     "GenerativeModel": "genmnist.models.base",
     "ModelConfig": "genmnist.models.base",
+    "DDPM": "genmnist.models.ddpm",
+    "DDPMConfig": "genmnist.models.ddpm",
+    "GAN": "genmnist.models.gan",
+    "GANConfig": "genmnist.models.gan",
     "VAE": "genmnist.models.vae",
     "VAEConfig": "genmnist.models.vae",
     "MODELS": "genmnist.registry",
@@ -26,6 +30,7 @@ _EXPORTS = {
     "Trainer": "genmnist.training",
     "TrainOptions": "genmnist.training",
     "load_dataset": "genmnist.data",
+    "evaluate": "genmnist.metrics",
     "GenmnistError": "genmnist.errors",
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -78,7 +79,10 @@ def list_models(
     from genmnist.registry import MODELS
 
     table = Table("model", "conditional", "pretrained", "source", "description")
-    for name in MODELS.list(pattern):
+    with warnings.catch_warnings():  # plugin problems are listed below the table instead
+        warnings.simplefilter("ignore", RuntimeWarning)
+        names = MODELS.list(pattern)
+    for name in names:
         entry = MODELS.entry(name)
         conditional = _default_config(entry).get("num_classes", 0) > 0
         shipped = [d for d in DATASETS if pretrained_dir(name, d) is not None]
@@ -131,6 +135,7 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name.")]) ->
 
 @app.command()
 def train(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data.")] = None,
     max_steps: Annotated[
@@ -146,13 +151,19 @@ def train(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the run.")] = 42,
-    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 500,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 200,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: auto).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(min=1, help="Train data-parallel in N processes here (starts torchrun)."),
+    ] = None,
 ) -> None:
     """Train a model: writes config.json, model.safetensors, checkpoints, metrics, loss plot."""
     _check_dataset(dataset)
     _model_entry(name)
+    if nproc is not None and nproc > 1:
+        raise typer.Exit(_launch_torchrun(ctx, nproc))
     out = out or Path("runs") / name
     from genmnist.io import read_json
     from genmnist.models import create_model
@@ -172,6 +183,9 @@ def train(
             raise UsageProblem("--config cannot change a run being resumed")
     else:
         overrides = _read_overrides(config) if config is not None else {}
+    import torch
+
+    torch.manual_seed(seed)  # the initial weights are part of the run: same seed, same run
     model = create_model(name, **overrides)
     options = TrainOptions(
         out=out,
@@ -188,8 +202,32 @@ def train(
     try:
         Trainer(model, options).fit()
     except TrainingInterrupted as exc:
-        _console().print(f"[yellow]{exc}[/]")
+        if not getattr(exc, "rank_quiet", False):  # under torchrun, rank 0 says it
+            _console().print(f"[yellow]{exc}[/]")
         raise typer.Exit(130) from None
+
+
+def _launch_torchrun(ctx, nproc: int) -> int:
+    """Run this same `train` command in ``nproc`` processes through torchrun."""
+    from genmnist import distributed
+
+    if distributed.environment().distributed:
+        raise UsageProblem("--nproc starts torchrun itself; leave it out under torchrun")
+    args = [ctx.info_name]
+    for param in ctx.command.params:  # the parsed command line, minus --nproc
+        value = ctx.params.get(param.name)
+        if param.name == "nproc" or value is None:
+            continue
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif getattr(param, "is_flag", False):
+            if value:
+                args.append(param.opts[0])
+            elif param.secondary_opts:
+                args.append(param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return distributed.launch(nproc, args)
 
 
 def _read_overrides(path: Path) -> dict:
@@ -212,7 +250,7 @@ def sample(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed; sample i is the same for any -n.")] = None,
     label: Annotated[
-        int | None, typer.Option(min=0, max=9, help="Class label (conditional models).")
+        int | None, typer.Option(min=0, help="Class label (conditional models).")
     ] = None,
     fmt: Annotated[
         str | None, typer.Option("--format", "-f", help="png, npy or pt (default: from -o).")
@@ -223,19 +261,33 @@ def sample(
     dataset: DatasetOption = "mnist",
     nrow: Annotated[int | None, typer.Option(min=1, help="Images per grid row.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images generated at once.")] = 1000,
+    sampler: Annotated[
+        str | None, typer.Option(help="Diffusion sampler: ddim, dpmpp-2m, ddpm, euler, heun.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Diffusion sampling steps.")] = None,
+    guidance: Annotated[
+        float | None, typer.Option(min=0.0, help="Classifier-free guidance scale.")
+    ] = None,
+    gif: Annotated[
+        Path | None, typer.Option(help="Also write an animated GIF of the denoising.")
+    ] = None,
 ) -> None:
     """Draw samples and save them as a PNG grid, a .npy array or a .pt tensor."""
     from genmnist.viz import OUTPUT_FORMATS
 
     _check_dataset(dataset)
     entry = _model_entry(name)
-    if label is not None and _default_config(entry).get("num_classes", 0) == 0:
-        raise UsageProblem(f"'{name}' is unconditional: it takes no --label")
-    if fmt is not None and fmt not in OUTPUT_FORMATS:
-        raise UsageProblem(f"unknown format '{fmt}'; choose from {', '.join(OUTPUT_FORMATS)}")
+    if checkpoint is None and label is not None:  # shipped weights use the registered config
+        _check_label(name, label, _default_config(entry).get("num_classes", 0))
+    output = output or Path(f"{name}-samples.{fmt or 'png'}")
+    fmt = fmt or output.suffix.lstrip(".").lower() or "png"
+    if fmt not in OUTPUT_FORMATS:
+        raise UsageProblem(
+            f"unknown output format '{fmt}'; choose from {', '.join(OUTPUT_FORMATS)} "
+            "(--format, or the suffix of -o)"
+        )
     if checkpoint is not None and not checkpoint.is_dir():
         raise GenmnistError(f"--checkpoint: {checkpoint} is not a folder")
-    output = output or Path(f"{name}-samples.{fmt or 'png'}")
     import random
 
     from genmnist.models import load
@@ -244,14 +296,71 @@ def sample(
     model = load(checkpoint if checkpoint is not None else name, dataset=dataset)
     if model.name != name:
         raise UsageProblem(f"{checkpoint} holds a '{model.name}' model, not '{name}'")
-    if label is not None and not model.conditional:
-        raise UsageProblem(f"'{name}' is unconditional: it takes no --label")
+    if label is not None:
+        _check_label(name, label, model.config.num_classes)
+    options = _sampling_options(model, sampler=sampler, steps=steps, guidance=guidance, gif=gif)
     if seed is None:
         seed = random.randrange(2**31)
-    images = model.sample(n, labels=label, seed=seed, batch_size=batch_size)
     default_rows = 10 if model.conditional and label is None else 8
+    frames: list = []
+    if gif is not None:
+        from genmnist.viz import make_grid
+
+        first_batch = {"done": False}
+
+        def keep_frame(i, x_t, x0):  # animate the first batch only
+            first_batch["done"] = first_batch["done"] or (i == 0 and bool(frames))
+            if not first_batch["done"]:
+                frames.append(make_grid(x_t.float().cpu(), nrow or default_rows))
+
+        options["callback"] = keep_frame
+    images = model.sample(n, labels=label, seed=seed, batch_size=batch_size, **options)
     path = save_samples(images, output, fmt=fmt, nrow=nrow or default_rows)
+    if gif is not None:
+        from genmnist.viz import save_gif
+
+        save_gif(frames, gif)
+        _console().print(f"Saved the denoising trajectory to {gif}")
     _console().print(f"Saved {n} samples of {name} (seed {seed}) to {path}")
+
+
+def _check_label(name: str, label: int, num_classes: int) -> None:
+    if num_classes == 0:
+        raise UsageProblem(f"'{name}' is unconditional: it takes no --label")
+    if label >= num_classes:
+        raise UsageProblem(f"--label must be in 0..{num_classes - 1} for '{name}'")
+
+
+def _sampling_options(model, **given) -> dict:
+    """The model-specific sampling options that were given, checked against the model."""
+    names = {"gif": "callback"}
+    options = {}
+    for flag, value in given.items():
+        if value is None:
+            continue
+        option = names.get(flag, flag)
+        if option not in model.sampling_options:
+            raise UsageProblem(f"'{model.name}' takes no --{flag}")
+        if flag == "sampler":
+            from genmnist.diffusion import SAMPLERS
+            from genmnist.errors import RegistryError
+
+            try:
+                SAMPLERS.get(value)
+            except RegistryError as exc:
+                raise UsageProblem(str(exc)) from None
+        if flag == "guidance" and not model.conditional:
+            raise UsageProblem(f"'{model.name}' is unconditional: it takes no --guidance")
+        if flag != "gif":
+            options[option] = value
+    return options
+
+
+# eval, compare and train-evaluator live in their own module (imported after the helpers
+# above, which it uses).
+from genmnist.evaluation_cli import register as _register_evaluation  # noqa: E402
+
+_register_evaluation(app)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     except GenmnistError as exc:
         if debug:
             raise
-        code = _fail(str(exc), getattr(exc, "exit_code", 1))
+        code = getattr(exc, "exit_code", 1)
+        if not getattr(exc, "rank_quiet", False):  # under torchrun, another rank says it
+            code = _fail(str(exc), code)
     except KeyboardInterrupt:
         code = _fail("interrupted", 130)
     except Exception as exc:

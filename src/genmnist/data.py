@@ -16,7 +16,8 @@ import torch
 
 from genmnist.errors import DataError
 
-#: Dataset name -> (torchvision class name, folder under the root, class names).
+#: Dataset name -> (torchvision class name, which is also the folder under the root;
+#: class names).
 DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mnist": ("MNIST", tuple(str(i) for i in range(10))),
     "fashion-mnist": (
@@ -67,7 +68,7 @@ def default_root() -> Path:
 
 
 def check_dataset_name(name: str) -> str:
-    """Return ``name`` if it is a known dataset, else raise :class:`DataError`."""
+    """Return ``name`` if it is a known dataset, else raise `DataError`."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
     return name
@@ -101,12 +102,15 @@ def load_dataset(
     import torchvision.datasets as tvd  # slow import (~3 s): only when data is needed
 
     cls = getattr(tvd, folder_name)
-    try:
-        dataset = cls(str(root), train=split == "train", download=False)
-    except RuntimeError:
-        dataset = None
-    except Exception as exc:  # torchvision's reader fails in several ways on bad files
-        raise DataError(f"{raw}: malformed {name} files ({type(exc).__name__}: {exc})") from None
+    dataset = None
+    if all((raw / f).is_file() for f in RAW_FILES):
+        try:
+            dataset = cls(str(root), train=split == "train", download=False)
+        except Exception as exc:  # torchvision's reader fails in several ways on bad files
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise DataError(
+                f"{raw}: malformed {name} files ({type(exc).__name__}: {reason})"
+            ) from None
     if dataset is None and download:
         try:
             dataset = cls(str(root), train=split == "train", download=True)

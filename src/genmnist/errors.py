@@ -1,7 +1,7 @@
 """Exception types raised by genmnist.
 
 Every error a user can cause (a bad name, a broken file, missing data) is a
-:class:`GenmnistError`, so callers need to catch one type, and the CLI turns it into a
+`GenmnistError`, so callers need to catch one type, and the CLI turns it into a
 one-line message instead of a traceback.
 """
 

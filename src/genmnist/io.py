@@ -33,6 +33,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use normal permissions
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -42,6 +43,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
@@ -49,7 +56,7 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file, raising :class:`CheckpointError` with the file name on failure."""
+    """Read a JSON file, raising `CheckpointError` with the file name on failure."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -114,7 +121,7 @@ def flatten_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Te
     flat dict of tensors, so optimizer and scheduler states fit safetensors + JSON.
 
     Each tensor is replaced in the skeleton by ``{"__tensor__": key}``;
-    :func:`unflatten_state` reverses it. Dict keys that are ints (optimizer state) are kept
+    `unflatten_state` reverses it. Dict keys that are ints (optimizer state) are kept
     as ``{"__int_keys__": ...}``.
     """
     tensors: dict[str, torch.Tensor] = {}
@@ -137,7 +144,7 @@ def flatten_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Te
 
 
 def unflatten_state(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    """Inverse of :func:`flatten_state`."""
+    """Inverse of `flatten_state`."""
     if isinstance(skeleton, dict):
         if set(skeleton) == {"__tensor__"}:
             key = skeleton["__tensor__"]

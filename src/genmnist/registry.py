@@ -1,16 +1,16 @@
 """A small generic registry: names to classes or functions.
 
-One :class:`Registry` instance exists per kind of thing (models, encoders, decoders,
+One `Registry` instance exists per kind of thing (models, encoders, decoders,
 losses, optimizers, ...). Built-ins register themselves on import with the
-:meth:`Registry.register` decorator; third-party packages add models through the Python
-entry-point group ``genmnist.models``::
+`Registry.register` decorator; third-party packages add models through the Python
+entry-point group ``genmnist.models``:
 
     # pyproject.toml of a plugin package
     [project.entry-points."genmnist.models"]
     my-model = "my_package.models:MyModel"
 
 The entry-point name is the model name; its object must be a subclass of
-:class:`genmnist.models.base.GenerativeModel`. Plugins are discovered lazily, the first
+`genmnist.models.base.GenerativeModel`. Plugins are discovered lazily, the first
 time the model registry is queried. Set ``GENMNIST_DISABLE_PLUGINS=1`` to skip them.
 """
 
@@ -91,7 +91,7 @@ class Registry(Generic[T]):
     ) -> Any:
         """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted.
 
-        ``defaults`` are keyword arguments that :meth:`create` passes unless overridden,
+        ``defaults`` are keyword arguments that `create` passes unless overridden,
         which lets one class serve several registered presets; ``description`` is the
         one-line summary shown by ``genmnist list`` (default: the docstring's first line).
 
@@ -111,7 +111,7 @@ class Registry(Generic[T]):
         return add if obj is None else add(obj)
 
     def entry(self, name: str) -> Entry[T]:
-        """The :class:`Entry` for ``name``.
+        """The `Entry` for ``name``.
 
         Raises:
             RegistryError: for an unknown name (suggesting close matches) or a name whose

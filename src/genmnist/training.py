@@ -2,8 +2,8 @@
 
 It reads the recipe (batch size, optimizer, learning-rate schedule, EMA, precision) from
 the model's config, steps one optimizer per entry of
-:meth:`~genmnist.models.base.GenerativeModel.optimizer_groups` (so GANs work the same way
-as VAEs), and keeps a run folder::
+`optimizer_groups` (so GANs work the same way
+as VAEs), and keeps a run folder:
 
     runs/x/
       config.json            model config (also what `genmnist sample --checkpoint` reads)
@@ -14,6 +14,10 @@ as VAEs), and keeps a run folder::
 
 Runs are deterministic for a seed on the CPU: a run stopped and resumed ends with the
 same weights as one that never stopped.
+
+Launched by torchrun, the same loop trains data-parallel (DistributedDataParallel; see
+`genmnist.distributed`): ``batch_size`` stays the global batch, each process takes an
+equal, contiguous share of it, and only rank 0 logs and writes the run folder.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from genmnist import distributed
 from genmnist.data import InMemoryDataset, load_dataset
 from genmnist.errors import CheckpointError, ConfigError, TrainingError
 from genmnist.io import flatten_state, load_tensors, save_tensors, unflatten_state
@@ -105,7 +110,7 @@ class TrainOptions:
     data_dir: str | None = None
     seed: int = 42
     resume: bool = False
-    checkpoint_every: int = 500
+    checkpoint_every: int = 200
     log_every: int = 50
     device: str | None = None
     skip_nonfinite: bool = False
@@ -123,6 +128,7 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
     resumed_from: int | None = None
+    world_size: int = 1
 
 
 class TrainingInterrupted(TrainingError):
@@ -130,11 +136,14 @@ class TrainingInterrupted(TrainingError):
 
 
 def _ema_with_warmup(decay: float) -> Callable:
-    """EMA update for :class:`AveragedModel`: the decay ramps up as
+    """EMA update for `AveragedModel`: the decay ramps up as
     ``min(decay, (1 + n) / (10 + n))`` so short CPU runs are not dominated by the random
     initial weights."""
 
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged):
+        if not averaged[0].is_floating_point():  # integer buffers (BatchNorm's counter)
+            torch._foreach_copy_(averaged, current)
+            return
         n = int(num_averaged)
         d = min(decay, (1 + n) / (10 + n))
         torch._foreach_lerp_(averaged, current, 1.0 - d)
@@ -143,14 +152,63 @@ def _ema_with_warmup(decay: float) -> Callable:
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """The requested device, else CUDA when available, else the CPU."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The requested device, else CUDA when available, else the CPU (under torchrun, a
+    CUDA device without an index is ``cuda:LOCAL_RANK``)."""
+    return distributed.pick_device(requested)
+
+
+class _TrainingLoss(torch.nn.Module):
+    """Routes ``forward`` to ``model.training_loss``: DistributedDataParallel hooks the
+    gradient all-reduce (and the buffer broadcast) into ``forward``, and genmnist models
+    are trained through ``training_loss``."""
+
+    def __init__(self, model: GenerativeModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, labels, step: int, phase: str):
+        return self.model.training_loss(images, labels, step, phase)
+
+
+def _data_parallel(model: GenerativeModel, device: torch.device, phases: int):
+    """``model.training_loss`` wrapped in DistributedDataParallel (which broadcasts rank
+    0's weights and buffers to every process here).
+
+    Several phases (a GAN's discriminator and generator steps) leave some parameters
+    without gradients in each backward pass, hence ``find_unused_parameters`` (an extra
+    walk over the autograd graph per pass, too small to measure here). A single-phase
+    model whose loss leaves parameters unused sets the class attribute
+    ``ddp_find_unused_parameters = True`` for the same effect.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    find_unused = phases > 1 or bool(getattr(model, "ddp_find_unused_parameters", False))
+    return DistributedDataParallel(
+        _TrainingLoss(model),
+        device_ids=[device] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused,
+    )
+
+
+#: Seconds a process whose error another process reports waits before raising it.
+QUIET_DELAY = 2.0
+
+
+def _quiet(error: Exception) -> Exception:
+    """Mark ``error`` as reported by another process (`genmnist train` prints nothing
+    for it) and wait a moment first: when one process ends with an error, torchrun stops
+    the others, so the process that reports the error must end first."""
+    error.rank_quiet = True  # type: ignore[attr-defined]
+    time.sleep(QUIET_DELAY)
+    return error
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
 
 
 class Trainer:
-    """Trains a :class:`~genmnist.models.base.GenerativeModel` on an in-memory dataset.
+    """Trains a `GenerativeModel` on an in-memory dataset.
 
     Args:
         model: The model to train (its config holds the recipe).
@@ -172,7 +230,9 @@ class Trainer:
         self.device = pick_device(options.device)
         self.dataset = dataset
         self._console = None
-        self.log = log or self._rich_log
+        self._sink = log or self._rich_log
+        env = distributed.environment()
+        self.world_size, self.rank = env.world_size, env.rank
         cfg = model.config
         self.use_bf16 = cfg.precision == "bf16" or (
             cfg.precision == "auto" and model.bf16_helps and self.device.type == "cpu"
@@ -182,6 +242,11 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ setup
+    def log(self, message: str) -> None:
+        """Report a line of progress (only rank 0 speaks when training with torchrun)."""
+        if self.rank == 0:
+            self._sink(message)
+
     def _rich_log(self, message: str) -> None:
         if self._console is None:
             from rich.console import Console
@@ -296,38 +361,74 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train until the epochs (or ``max_steps``) are done; returns a summary.
 
+        Under torchrun (``WORLD_SIZE`` > 1) this joins the process group if the script has
+        not (and leaves it at the end), and trains data-parallel: see
+        [Training at scale](training-at-scale.md).
+
         Raises:
             TrainingInterrupted: after SIGINT/SIGTERM, once a checkpoint is written.
             TrainingError: when the loss is NaN/inf (unless ``skip_nonfinite``).
             CheckpointError: ``resume`` without a usable checkpoint, or a fresh run into a
                 folder that already holds one.
+            ConfigError: a batch size that the number of processes does not divide.
         """
+        created_group = distributed.setup(self.device)
+        try:
+            return self._fit()
+        finally:
+            if created_group:
+                distributed.teardown()
+
+    def _agreed(self, action: Callable[[], Any]) -> Any:
+        """Run ``action`` in every process; if it fails anywhere, fail everywhere (the
+        failing processes raise their own error, the others a short one), so no process
+        is left waiting for the others in a collective."""
+        error: BaseException | None = None
+        result = None
+        try:
+            result = action()
+        except Exception as exc:
+            error = exc
+        if self.world_size == 1:
+            if error is not None:
+                raise error
+            return result
+        failed = distributed.count_true(error is not None, self.device)
+        if failed == 0:
+            return result
+        if error is None:
+            error = TrainingError(f"stopped: {failed} other process(es) failed (see their error)")
+            raise _quiet(error)
+        if failed == self.world_size and self.rank != 0:
+            raise _quiet(error)  # the same error everywhere: rank 0 reports it
+        raise error
+
+    def _setup(self) -> dict[str, Any]:
+        """Everything before the first step: checks, data, optimizers, EMA, resume, run
+        folder. Returns the numbers the loop needs."""
         opts = self.options
-        torch.manual_seed(opts.seed)
-        if not opts.resume and (self.out / CHECKPOINT_FILE).exists():
-            raise CheckpointError(
-                f"{self.out} already holds a run; pass --resume to continue it or choose "
-                "another --out"
-            )
-        if self.dataset is None:
-            self.dataset = load_dataset(opts.dataset, "train", opts.data_dir)
         cfg = self.model.config
         batch_size = cfg.batch_size
-        batches_per_epoch = len(self.dataset) // batch_size
-        if batches_per_epoch == 0:
+        if batch_size % self.world_size != 0:
+            raise ConfigError(
+                f"batch size {batch_size} is not divisible by the {self.world_size} "
+                f"processes: each process takes an equal share of every batch (batch_size "
+                "is the global batch); change batch_size or the number of processes"
+            )
+        if len(self.dataset) // batch_size == 0:
             raise ConfigError(
                 f"batch size {batch_size} is larger than the dataset ({len(self.dataset)})"
             )
+        batches_per_epoch = len(self.dataset) // batch_size
         epochs = self._epochs()
         total_steps = opts.max_steps if opts.max_steps is not None else epochs * batches_per_epoch
         if total_steps <= 0:
             raise ConfigError("nothing to train: epochs and max_steps must be positive")
-        epochs = math.ceil(total_steps / batches_per_epoch)
 
         self.model.to(self.device).train()
         self.optimizers, self.schedulers = self._build_optimizers(total_steps)
         self.ema = None
-        if cfg.ema_decay is not None:
+        if cfg.ema_decay is not None and self.rank == 0:  # only rank 0 exports weights
             self.ema = AveragedModel(
                 self.model, multi_avg_fn=_ema_with_warmup(cfg.ema_decay), use_buffers=True
             )
@@ -336,6 +437,11 @@ class Trainer:
         if opts.resume:
             header = self._load_checkpoint()
             step = resumed_from = int(header["step"])
+            if header.get("dataset", opts.dataset) != opts.dataset:
+                raise CheckpointError(
+                    f"{self.out} was trained on {header['dataset']}; resume it with "
+                    f"--dataset {header['dataset']}"
+                )
             if header.get("seed") != opts.seed:
                 self.log(f"note: the run used seed {header.get('seed')}; keeping it")
                 opts.seed = int(header["seed"])
@@ -343,19 +449,85 @@ class Trainer:
                 f"Resumed {self.out / CHECKPOINT_FILE} at step {step:,} "
                 f"(epoch {step // batches_per_epoch + 1}, batch {step % batches_per_epoch})"
             )
-        else:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / METRICS_FILE).unlink(missing_ok=True)
-        from genmnist.io import write_json
+            before = int(header.get("world_size", 1))
+            if before != self.world_size:
+                self.log(
+                    f"note: the run was trained with {_processes(before)}, now "
+                    f"{_processes(self.world_size)}; the global batch stays {batch_size}, "
+                    "so the recipe is unchanged (random draws differ from a run that keeps "
+                    f"{_processes(before)})"
+                )
+        if self.rank == 0:
+            if not opts.resume:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / METRICS_FILE).unlink(missing_ok=True)
+            from genmnist.io import write_json
 
-        write_json(self.out / CONFIG_FILE, self.model.config_record())
-        self._trim_metrics(step)
+            write_json(self.out / CONFIG_FILE, self.model.config_record())
+            self._trim_metrics(step)
+        return {
+            "step": step,
+            "resumed_from": resumed_from,
+            "batch_size": batch_size,
+            "batches_per_epoch": batches_per_epoch,
+            "total_steps": total_steps,
+        }
+
+    def _check_folder(self) -> None:
+        if not self.options.resume and (self.out / CHECKPOINT_FILE).exists():
+            raise CheckpointError(
+                f"{self.out} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+
+    def _load_data(self) -> None:
+        """Each process reads the dataset; the first process of each machine goes first
+        (it may download the files), the others after it."""
+        opts = self.options
+        if self.dataset is not None:
+            return
+        env = distributed.environment()
+
+        def load():
+            self.dataset = load_dataset(opts.dataset, "train", opts.data_dir)
+
+        self._agreed(load if env.local_rank == 0 else lambda: None)
+        self._agreed(load if env.local_rank != 0 else lambda: None)
+
+    def _fit(self) -> TrainResult:
+        opts = self.options
+        env = distributed.environment()
+        self.world_size, self.rank = env.world_size, env.rank
+        torch.manual_seed(opts.seed)
+        self._agreed(self._check_folder)
+        self._load_data()
+        plan = self._agreed(self._setup)
+        step, resumed_from = plan["step"], plan["resumed_from"]
+        batch_size, batches_per_epoch = plan["batch_size"], plan["batches_per_epoch"]
+        total_steps = plan["total_steps"]
+        local_batch = batch_size // self.world_size
+        main = self.rank == 0
+
+        self._loss = self.model.training_loss
+        if self.world_size > 1:
+            self._loss = _data_parallel(self.model, self.device, len(self.optimizers))
+        self._agreed_stop = False
 
         precision = "bf16 autocast" if self.use_bf16 else "fp32"
+        scale = ""
+        if self.world_size > 1:
+            scale = (
+                f" x {self.world_size} processes ({distributed.backend()}, "
+                f"{torch.get_num_threads()} threads each)"
+            )
+        batch = f"batch {batch_size}"
+        if self.world_size > 1:
+            batch += f" ({local_batch} per process)"
         self.log(
             f"Training [bold]{self.model.name}[/] ({self.model.num_parameters():,} parameters) "
-            f"on {self.device.type} ({precision}), {opts.dataset}: {len(self.dataset):,} images, "
-            f"batch {batch_size}, {total_steps:,} steps, seed {opts.seed} -> {self.out}"
+            f"on {self.device.type}{scale} ({precision}), {opts.dataset}: "
+            f"{len(self.dataset):,} images, {batch}, {total_steps:,} steps, "
+            f"seed {opts.seed} -> {self.out}"
         )
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -369,21 +541,25 @@ class Trainer:
         count = 0
         images_done = 0
         interrupted = False
+        order_epoch, order = None, None
 
         progress = self._progress(total_steps, step)
         with self._graceful_stop(), progress:
             task = progress.add_task("train", total=total_steps, completed=step, info="")
             while step < total_steps:
                 epoch, batch_index = divmod(step, batches_per_epoch)
-                order = torch.randperm(
-                    len(self.dataset),
-                    generator=torch.Generator().manual_seed(opts.seed * 100_003 + epoch),
-                )
-                start = batch_index * batch_size
-                indices = order[start : start + batch_size]
+                if epoch != order_epoch:  # the same permutation in every process
+                    order_epoch = epoch
+                    order = torch.randperm(
+                        len(self.dataset),
+                        generator=torch.Generator().manual_seed(opts.seed * 100_003 + epoch),
+                    )
+                start = batch_index * batch_size + self.rank * local_batch
+                indices = order[start : start + local_batch]
                 images, labels = self.dataset.batch(indices)
                 images, labels = images.to(self.device), labels.to(self.device)
 
+                torch.manual_seed(distributed.step_seed(opts.seed, step, self.rank))
                 logged = self._train_step(images, labels, step, autocast)
                 step += 1
                 images_done += batch_size
@@ -395,35 +571,53 @@ class Trainer:
 
                 end_of_epoch = step % batches_per_epoch == 0
                 if step % opts.log_every == 0 or end_of_epoch or step == total_steps:
+                    if self.world_size > 1:
+                        sums = self._mean_over_processes(sums)
                     now = time.perf_counter()
                     rate = window_images / max(now - window_start, 1e-9)
                     metrics = {k: v / max(count, 1) for k, v in sums.items()}
-                    record = {
-                        "step": step,
-                        "epoch": step / batches_per_epoch,
-                        **metrics,
-                        "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
-                        "images_per_second": rate,
-                        "time": now - started,
-                    }
-                    with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(record) + "\n")
-                    info = " ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:3])
-                    progress.update(task, info=f"{info} | {rate:,.0f} img/s")
+                    if main:
+                        metrics.update(self._model_metrics(step))
+                        record = {
+                            "step": step,
+                            "epoch": step / batches_per_epoch,
+                            **metrics,
+                            "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0][
+                                "lr"
+                            ],
+                            "images_per_second": rate,
+                            "time": now - started,
+                        }
+                        with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
+                            f.write(json.dumps(record) + "\n")
+                        info = " ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:3])
+                        progress.update(task, info=f"{info} | {rate:,.0f} img/s")
                     sums, count, window_start, window_images = {}, 0, now, 0
                 progress.update(task, completed=step)
 
-                stop = self._stop_signal is not None
-                if stop or end_of_epoch or step % opts.checkpoint_every == 0 or step == total_steps:
+                # several processes stop after the step they agreed on (`_check_loss`)
+                stop = self._agreed_stop if self.world_size > 1 else self._stop_signal is not None
+                if main and (
+                    stop or end_of_epoch or step % opts.checkpoint_every == 0 or step == total_steps
+                ):
                     self._save_checkpoint(
-                        {"step": step, "seed": opts.seed, "dataset": opts.dataset}
+                        {
+                            "step": step,
+                            "seed": opts.seed,
+                            "dataset": opts.dataset,
+                            "world_size": self.world_size,
+                        }
                     )
-                if end_of_epoch or step == total_steps:
+                if main and (end_of_epoch or step == total_steps):
                     self._write_curves()
                 if stop:
                     interrupted = True
                     break
 
+        # DDP copies rank 0's buffers (BatchNorm statistics) to the others at each forward
+        # pass; after the last one every process ends with rank 0's model.
+        distributed.broadcast_(self.model.buffers())
+        distributed.barrier()  # the files of rank 0 are complete when every process returns
         seconds = time.perf_counter() - started
         result = TrainResult(
             step=step,
@@ -433,34 +627,64 @@ class Trainer:
             last_metrics=metrics,
             interrupted=interrupted,
             resumed_from=resumed_from,
+            world_size=self.world_size,
         )
         if interrupted:
-            raise TrainingInterrupted(
+            error = TrainingInterrupted(
                 f"interrupted at step {step:,}; checkpoint saved in {self.out}; "
                 "continue with --resume"
             )
+            raise error if main else _quiet(error)
         self.log(
             f"Done: {step:,} steps in {seconds:,.0f} s ({result.images_per_second:,.0f} img/s); "
             f"weights in {self.out / WEIGHTS_FILE}"
         )
         return result
 
+    def _mean_over_processes(self, sums: dict[str, float]) -> dict[str, float]:
+        """The logged sums averaged over the processes (each saw an equal share of every
+        batch), so the log shows the global mean."""
+        keys = sorted(sums)  # the same in every process (skipped steps are agreed on)
+        if not keys:
+            return {}
+        values = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+        values = distributed.all_reduce_sum(values) / self.world_size
+        return dict(zip(keys, values.tolist(), strict=True))
+
+    def _check_loss(self, loss: torch.Tensor) -> tuple[bool, float]:
+        """Whether the loss is finite in every process (and its mean over processes).
+        With several processes this also shares the stop flag of SIGINT/SIGTERM, so that
+        every process stops after the same step."""
+        if self.world_size == 1:
+            return bool(torch.isfinite(loss)), float(loss.detach())
+        shared = torch.stack(
+            [
+                loss.detach().float().reshape(()),
+                torch.tensor(float(self._stop_signal is not None), device=loss.device),
+            ]
+        ).double()
+        total, stops = distributed.all_reduce_sum(shared).tolist()
+        self._agreed_stop = self._agreed_stop or stops > 0
+        return math.isfinite(total), total / self.world_size
+
     def _train_step(self, images, labels, step, autocast) -> dict[str, float] | None:
         logged: dict[str, float] = {}
         for phase, optimizer in self.optimizers.items():
             optimizer.zero_grad(set_to_none=True)
             with autocast:
-                losses = self.model.training_loss(images, labels, step, phase)
+                losses = self._loss(images, labels, step, phase)
             loss = losses["loss"]
-            if not torch.isfinite(loss):
+            finite, value = self._check_loss(loss)
+            if not finite:
                 if self.options.skip_nonfinite:
-                    self.log(f"step {step}: {phase} loss is {loss.item()}; step skipped")
+                    self.log(f"step {step}: {phase} loss is {value}; step skipped")
                     return None
-                raise TrainingError(
-                    f"{phase} loss became {loss.item()} at step {step}; stopped without "
+                error = TrainingError(
+                    f"{phase} loss became {value} at step {step}; stopped without "
                     f"overwriting the last good checkpoint in {self.out}"
                 )
-            loss.backward()
+                raise error if self.rank == 0 else _quiet(error)
+            loss.backward()  # with several processes, DDP averages the gradients here
             if self.model.config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(
                     [p for g in optimizer.param_groups for p in g["params"]],
@@ -473,6 +697,14 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         return logged
+
+    def _model_metrics(self, step: int) -> dict[str, float]:
+        was_training = self.model.training
+        try:
+            with torch.inference_mode():
+                return self.model.training_metrics(step)
+        finally:
+            self.model.train(was_training)
 
     def _progress(self, total: int, completed: int):
         from rich.progress import (
@@ -496,7 +728,7 @@ class Trainer:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             console=self._console,
-            disable=not self.options.progress,
+            disable=not self.options.progress or self.rank != 0,
         )
 
     def _trim_metrics(self, step: int) -> None:

@@ -24,6 +24,8 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: 
     if images.ndim != 4:
         raise ValueError(f"expected (n, c, h, w) images, got shape {tuple(images.shape)}")
     n, c, h, w = images.shape
+    if n == 1:  # torchvision returns a lone image unpadded
+        return images[0].clone()
     cols = min(nrow, n)
     rows = math.ceil(n / cols)
     cell_h, cell_w = h + padding, w + padding
@@ -65,7 +67,13 @@ def save_samples(
     if fmt == "npy":
         import numpy as np
 
-        return atomic_write(path, lambda tmp: np.save(tmp, images.float().cpu().numpy()))
+        array = images.float().cpu().numpy()
+
+        def write_npy(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+                np.save(f, array)
+
+        return atomic_write(path, write_npy)
     return atomic_write(path, lambda tmp: torch.save(images.float().cpu(), tmp))
 
 
@@ -114,3 +122,22 @@ def save_curves(
             label = f"{name}: {values[0]:.4g} -> {values[-1]:.4g} (range {v_min:.4g}..{v_max:.4g})"
             draw.text((x0, y1 + 20 + 14 * k), label, fill=color)
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def save_gif(
+    frames: Sequence[torch.Tensor], path: str | os.PathLike[str], duration_ms: int = 80
+) -> Path:
+    """Save ``(1, H, W)`` frames in ``[0, 1]`` as an animated GIF; the last frame lingers."""
+    from PIL import Image
+
+    if not frames:
+        raise ConfigError("no frames to animate")
+    pictures = [Image.fromarray(to_uint8(f.float().cpu())[0].numpy(), mode="L") for f in frames]
+    durations = [duration_ms] * (len(pictures) - 1) + [1500]
+
+    def write(tmp: Path) -> None:
+        pictures[0].save(
+            tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0
+        )
+
+    return atomic_write(path, write)

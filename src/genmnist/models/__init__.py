@@ -1,6 +1,6 @@
 """Assembled models, and the functions that make and load them by name.
 
-Importing this package registers the built-in models in :data:`genmnist.registry.MODELS`.
+Importing this package registers the built-in models in `genmnist.registry.MODELS`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from genmnist.models.base import (
     ModelConfig,
     SampleNoise,
 )
+from genmnist.models.ddpm import DDPM, DDPMConfig
+from genmnist.models.gan import GAN, GANConfig
 from genmnist.models.vae import VAE, VAEConfig
 from genmnist.registry import MODELS
 
@@ -26,6 +28,10 @@ DATASETS = ("mnist", "fashion-mnist")
 
 __all__ = [
     "DATASETS",
+    "DDPM",
+    "DDPMConfig",
+    "GAN",
+    "GANConfig",
     "VAE",
     "GenerativeModel",
     "ModelConfig",
@@ -80,7 +86,7 @@ def load(name_or_path: str | os.PathLike[str], dataset: str = "mnist") -> Genera
 
     Args:
         name_or_path: A folder with ``config.json`` and ``model.safetensors`` (as written by
-            :meth:`GenerativeModel.save_pretrained` or ``genmnist train``), or the name of a
+            `GenerativeModel.save_pretrained` or ``genmnist train``), or the name of a
             registered model to load its shipped weights.
         dataset: Which shipped weights to use when a name is given.
 

@@ -1,17 +1,17 @@
 """The contract every genmnist model follows.
 
-A model is a :class:`torch.nn.Module` with
+A model is a `torch.nn.Module` with
 
-* a JSON-serialisable, versioned config dataclass (:class:`ModelConfig` subclass),
-* :meth:`GenerativeModel.sample` returning images ``(n, 1, 28, 28)`` in ``[0, 1]``,
-* :meth:`GenerativeModel.training_loss`, the hook the shared trainer calls,
-* :meth:`GenerativeModel.save_pretrained` / :meth:`GenerativeModel.from_pretrained`
+* a JSON-serialisable, versioned config dataclass (`ModelConfig` subclass),
+* `GenerativeModel.sample` returning images ``(n, 1, 28, 28)`` in ``[0, 1]``,
+* `GenerativeModel.training_loss`, the hook the shared trainer calls,
+* `GenerativeModel.save_pretrained` / `GenerativeModel.from_pretrained`
   writing and reading ``config.json`` + ``model.safetensors``.
 
 Conventions settled once for all models: images cross the public API as floats in
 ``[0, 1]`` with shape ``(n, 1, 28, 28)``; any rescaling is the model's own business.
 Sampling with a seed is reproducible per sample: sample ``i`` is the same whether drawn in
-a batch of 8 or 800 (see :class:`SampleNoise`).
+a batch of 8 or 800 (see `SampleNoise`).
 """
 
 from __future__ import annotations
@@ -50,15 +50,15 @@ class ModelConfig:
         num_classes: 0 for an unconditional model, else the number of class labels.
         batch_size: Training batch size.
         lr: Peak learning rate.
-        optimizer: Name in :data:`genmnist.training.OPTIMIZERS` (``adam``, ``adamw``, ``sgd``).
+        optimizer: Name in `genmnist.training.OPTIMIZERS` (``adam``, ``adamw``, ``sgd``).
         weight_decay: Optimizer weight decay.
         betas: Adam betas.
-        lr_schedule: Name in :data:`genmnist.training.LR_SCHEDULES`.
+        lr_schedule: Name in `genmnist.training.LR_SCHEDULES`.
         warmup_steps: Linear learning-rate warm-up steps.
         grad_clip: Clip the gradient norm to this value (None: no clipping).
         ema_decay: Keep an exponential moving average of the weights (None: no EMA).
         precision: ``"bf16"`` (autocast), ``"fp32"``, or ``"auto"`` (bf16 where the
-            model says it helps, see :attr:`GenerativeModel.bf16_helps`).
+            model says it helps, see `GenerativeModel.bf16_helps`).
     """
 
     num_classes: int = 0
@@ -79,7 +79,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build a config from :meth:`to_dict` output; missing fields take their defaults.
+        """Build a config from `to_dict` output; missing fields take their defaults.
 
         Raises:
             ConfigError: naming unknown fields.
@@ -99,7 +99,7 @@ class ModelConfig:
         return cls(**values)
 
     def replace(self, **overrides: Any) -> ModelConfig:
-        """A copy with some fields changed (unknown names raise :class:`ConfigError`)."""
+        """A copy with some fields changed (unknown names raise `ConfigError`)."""
         return type(self).from_dict({**self.to_dict(), **overrides})
 
 
@@ -115,7 +115,7 @@ class SampleNoise:
     """Gaussian noise drawn per sample, so sample ``i`` does not depend on the batch.
 
     Each sample owns a generator seeded from ``(base_seed, i)``; every call to
-    :meth:`randn` draws the next values of each sample's own stream. Models draw all their
+    `randn` draws the next values of each sample's own stream. Models draw all their
     randomness through this object when sampling.
     """
 
@@ -142,19 +142,20 @@ class SampleNoise:
 
     @staticmethod
     def sample_seeds(n: int, generator: torch.Generator | None = None, seed: int | None = None):
-        """Per-sample seeds ``base + i``; ``base`` comes from ``seed``, ``generator`` or the
-        global RNG, in that order."""
+        """Per-sample seeds ``base * 1_000_003 + i``, wrapped modulo 2**64 (the range
+        generators accept); ``base`` comes from ``seed``, ``generator`` or the global RNG,
+        in that order."""
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-        return [seed * 1_000_003 + i for i in range(n)]
+        return [(seed * 1_000_003 + i) % 2**64 for i in range(n)]
 
 
 class GenerativeModel(nn.Module):
     """Base class of every genmnist model.
 
-    Subclasses set :attr:`config_class`, build their layers from ``self.config`` and
-    implement :meth:`generate` (one batch of samples from per-sample noise) and
-    :meth:`training_loss`.
+    Subclasses set `config_class`, build their layers from ``self.config`` and
+    implement `generate` (one batch of samples from per-sample noise) and
+    `training_loss`.
 
     Args:
         config: The model's config; defaults to ``config_class()``.
@@ -163,7 +164,7 @@ class GenerativeModel(nn.Module):
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     #: Version of the config schema. Bump it when a field changes meaning, and teach
-    #: :meth:`migrate_config` to upgrade older dicts, so old checkpoints keep loading.
+    #: `migrate_config` to upgrade older dicts, so old checkpoints keep loading.
     config_version: ClassVar[int] = 1
     #: Name used in ``config.json`` when the model was not made through the registry.
     default_name: ClassVar[str] = ""
@@ -171,6 +172,9 @@ class GenerativeModel(nn.Module):
     pretrained_package: ClassVar[str] = "genmnist.pretrained"
     #: Whether bf16 autocast speeds up training on CPU (``precision="auto"``), as measured.
     bf16_helps: ClassVar[bool] = False
+    #: Extra keyword options `sample` accepts and passes to `generate`
+    #: (e.g. ``sampler``, ``steps``, ``guidance`` for diffusion models).
+    sampling_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:
         super().__init__()
@@ -211,6 +215,7 @@ class GenerativeModel(nn.Module):
         *,
         seed: int | None = None,
         batch_size: int = 1000,
+        **options: Any,
     ) -> torch.Tensor:
         """Draw ``n`` images, a float tensor ``(n, 1, 28, 28)`` in ``[0, 1]`` on the CPU.
 
@@ -223,9 +228,19 @@ class GenerativeModel(nn.Module):
             seed: Makes sampling reproducible; sample ``i`` is identical whatever ``n``
                 and ``batch_size`` are.
             batch_size: Images generated at once (bounds memory for large ``n``).
+            **options: Model-specific options named in `sampling_options`.
         """
         if n <= 0:
             raise ConfigError(f"number of samples must be positive, got {n}")
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        unknown = sorted(set(options) - set(self.sampling_options))
+        if unknown:
+            takes = ", ".join(self.sampling_options) or "none"
+            raise ConfigError(
+                f"model '{self.name}' takes no sampling option {', '.join(unknown)} "
+                f"(it takes: {takes})"
+            )
         label_tensor = self._check_labels(n, labels)
         seeds = SampleNoise.sample_seeds(n, generator, seed)
         was_training = self.training
@@ -239,7 +254,7 @@ class GenerativeModel(nn.Module):
                     batch_labels = None if label_tensor is None else label_tensor[start:stop]
                     if batch_labels is not None:
                         batch_labels = batch_labels.to(self.device)
-                    images = self.generate(noise, batch_labels)
+                    images = self.generate(noise, batch_labels, **options)
                     out.append(images.float().clamp(0, 1).cpu())
         finally:
             self.train(was_training)
@@ -262,9 +277,11 @@ class GenerativeModel(nn.Module):
             raise ConfigError(f"labels must be in 0..{k - 1} for model '{self.name}'")
         return tensor
 
-    def generate(self, noise: SampleNoise, labels: torch.Tensor | None) -> torch.Tensor:
+    def generate(
+        self, noise: SampleNoise, labels: torch.Tensor | None, **options: Any
+    ) -> torch.Tensor:
         """Generate one batch of ``len(noise)`` images in ``[0, 1]`` (called by
-        :meth:`sample` under ``torch.inference_mode``). Draw all randomness from ``noise``."""
+        `sample` under ``torch.inference_mode``). Draw all randomness from ``noise``."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- training
@@ -272,7 +289,7 @@ class GenerativeModel(nn.Module):
         """Parameters per optimizer, in the order the trainer steps them.
 
         Single-optimizer models return ``{"model": ...}``; a GAN returns
-        ``{"discriminator": ..., "generator": ...}`` and its :meth:`training_loss` is
+        ``{"discriminator": ..., "generator": ...}`` and its `training_loss` is
         called once per group with ``phase`` set to that name.
         """
         return {"model": self.parameters()}
@@ -290,19 +307,36 @@ class GenerativeModel(nn.Module):
             images: ``(b, 1, 28, 28)`` floats in ``[0, 1]``.
             labels: ``(b,)`` class labels (ignored by unconditional models).
             step: Global optimizer step, for schedules such as KL annealing.
-            phase: Which optimizer group is being stepped (see :meth:`optimizer_groups`).
+            phase: Which optimizer group is being stepped (see `optimizer_groups`).
 
         Returns:
             A dict with the scalar to minimise under ``"loss"`` and any other scalars to log.
         """
         raise NotImplementedError
 
+    def training_metrics(self, step: int) -> dict[str, float]:
+        """Extra numbers for the metrics log, computed at each logging interval (e.g. a
+        GAN's sample diversity, to catch mode collapse early). Default: none."""
+        return {}
+
     # ----------------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], dtype: torch.dtype | None = None
+    ) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if
-        needed). Returns the folder."""
+        needed). Returns the folder.
+
+        Args:
+            directory: Target folder.
+            dtype: Store floating-point weights in this dtype (e.g. ``torch.float16`` to
+                halve the file); loading casts them back to the model's dtype.
+        """
         directory = Path(directory)
-        save_tensors(directory / WEIGHTS_FILE, self.state_dict(), {"model": self.name})
+        state = {
+            k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+            for k, v in self.state_dict().items()
+        }
+        save_tensors(directory / WEIGHTS_FILE, state, {"model": self.name})
         write_json(directory / CONFIG_FILE, self.config_record())
         return directory
 
@@ -318,7 +352,7 @@ class GenerativeModel(nn.Module):
 
     @classmethod
     def migrate_config(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
-        """Upgrade a config dict saved with an older :attr:`config_version`."""
+        """Upgrade a config dict saved with an older `config_version`."""
         return data
 
     @classmethod

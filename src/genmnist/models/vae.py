@@ -1,13 +1,14 @@
 """Variational autoencoders: MLP, convolutional and class-conditional.
 
-Registered as ``vae-mlp``, ``vae-conv`` and ``cvae``: one :class:`VAE` class whose config
-names its encoder and decoder in :data:`genmnist.nn.ENCODERS` / :data:`genmnist.nn.DECODERS`.
+Registered as ``vae-mlp``, ``vae-conv`` and ``cvae``: one `VAE` class whose config
+names its encoder and decoder in `genmnist.nn.ENCODERS` / `genmnist.nn.DECODERS`.
 The decoder models pixels as Bernoulli means (``sigmoid`` of its logits); samples are
 those means, decoded from ``z ~ N(0, I)``.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +21,25 @@ from genmnist.nn import DECODERS, ENCODERS
 from genmnist.registry import MODELS
 
 
+def _evaluating(method):
+    """Run ``method`` under inference mode with the model in eval mode, then restore it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                return method(self, *args, **kwargs)
+        finally:
+            self.train(was_training)
+
+    return wrapper
+
+
 @dataclass
 class VAEConfig(ModelConfig):
-    """Architecture and loss of a :class:`VAE`.
+    """Architecture and loss of a `VAE`.
 
     Attributes:
         encoder: Encoder name (``mlp`` or ``conv``).
@@ -98,15 +115,18 @@ class VAE(GenerativeModel):
         """Images in ``[0, 1]`` (Bernoulli means) for latent codes ``z``."""
         return torch.sigmoid(self.decode_logits(z, labels).float())
 
-    @torch.inference_mode()
+    @_evaluating
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the posterior mean of ``images``: the model's reconstruction in ``[0, 1]``."""
-        mean, _ = self.encode(
-            images.to(self.device), None if labels is None else labels.to(self.device)
-        )
+        """Decode the posterior mean of ``images``: the model's reconstruction in ``[0, 1]``.
+
+        Runs in eval mode (BatchNorm uses its running statistics) and leaves the mode as it
+        was."""
+        images = images.to(self.device)
+        labels = None if labels is None else torch.as_tensor(labels).to(self.device)
+        mean, _ = self.encode(images, labels)
         return self.decode(mean, labels).cpu()
 
-    @torch.inference_mode()
+    @_evaluating
     def interpolate(
         self,
         start: torch.Tensor,
@@ -118,7 +138,8 @@ class VAE(GenerativeModel):
         """Decode a path between the latent means of two images.
 
         Args:
-            start, end: Images ``(1, 28, 28)`` or ``(1, 1, 28, 28)`` in ``[0, 1]``.
+            start: First image, ``(1, 28, 28)`` or ``(1, 1, 28, 28)`` in ``[0, 1]``.
+            end: Last image, same shape.
             steps: Number of images on the path, both ends included.
             labels: For a conditional model, the label (one element) used along the path.
             method: ``slerp`` (spherical, stays at a typical norm for a Gaussian prior) or
@@ -128,7 +149,9 @@ class VAE(GenerativeModel):
             ``(steps, 1, 28, 28)`` images in ``[0, 1]``.
         """
         pair = torch.stack([start.reshape(1, 28, 28), end.reshape(1, 28, 28)]).to(self.device)
-        pair_labels = None if labels is None else torch.as_tensor(labels).reshape(1).repeat(2)
+        pair_labels = None
+        if labels is not None:
+            pair_labels = torch.as_tensor(labels).reshape(1).repeat(2).to(self.device)
         mean, _ = self.encode(pair, pair_labels)
         path = interpolate_latents(mean[0], mean[1], steps, method)
         path_labels = None if labels is None else pair_labels[:1].repeat(steps)

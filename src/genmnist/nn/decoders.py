@@ -25,7 +25,7 @@ class MLPDecoder(nn.Module):
         in_features: Size of the latent / noise vector.
         hidden_dims: Widths of the hidden layers, e.g. ``(1024,)``.
         cond_features: Size of the condition vector (0: unconditional).
-        activation: Name in :data:`genmnist.nn.layers.ACTIVATIONS`.
+        activation: Name in `genmnist.nn.layers.ACTIVATIONS`.
         norm: Accepted so all decoders share one signature; MLPs use no normalisation.
         image_shape: ``(channels, height, width)`` of the output.
     """
@@ -61,8 +61,8 @@ class ConvDecoder(nn.Module):
         hidden_dims: Channels of the mirrored encoder, e.g. ``(32, 64, 128)``; the decoder
             runs through them from the widest.
         cond_features: Size of the condition vector (0: unconditional).
-        activation: Name in :data:`genmnist.nn.layers.ACTIVATIONS`.
-        norm: Name in :data:`genmnist.nn.layers.NORMS`.
+        activation: Name in `genmnist.nn.layers.ACTIVATIONS`.
+        norm: Name in `genmnist.nn.layers.NORMS`.
         image_shape: ``(channels, height, width)`` of the output (square images).
     """
 

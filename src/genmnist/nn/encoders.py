@@ -1,7 +1,7 @@
 """Encoders: images ``(b, 1, 28, 28)`` (plus an optional condition vector) to features.
 
 A VAE encoder outputs ``2 * latent_dim`` features (mean and log-variance); a GAN
-discriminator is an encoder with one output. Both register in :data:`ENCODERS`.
+discriminator is an encoder with one output. Both register in `ENCODERS`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class MLPEncoder(nn.Module):
         out_features: Size of the output.
         hidden_dims: Widths of the hidden layers, e.g. ``(1024,)``.
         cond_features: Size of the condition vector (0: unconditional).
-        activation: Name in :data:`genmnist.nn.layers.ACTIVATIONS`.
+        activation: Name in `genmnist.nn.layers.ACTIVATIONS`.
         norm: Accepted so all encoders share one signature; MLPs use no normalisation.
         image_shape: ``(channels, height, width)`` of the input.
     """
@@ -59,8 +59,8 @@ class ConvEncoder(nn.Module):
         out_features: Size of the output.
         hidden_dims: Channels of each convolution, e.g. ``(32, 64, 128)``.
         cond_features: Size of the condition vector (0: unconditional).
-        activation: Name in :data:`genmnist.nn.layers.ACTIVATIONS`.
-        norm: Name in :data:`genmnist.nn.layers.NORMS` (not applied after the first layer,
+        activation: Name in `genmnist.nn.layers.ACTIVATIONS`.
+        norm: Name in `genmnist.nn.layers.NORMS` (not applied after the first layer,
             as in DCGAN).
         image_shape: ``(channels, height, width)`` of the input (square images).
     """

@@ -1,0 +1,317 @@
+"""The evaluation commands of the ``genmnist`` CLI: ``eval``, ``compare``, ``train-evaluator``.
+
+Registered onto the main Typer app by :func:`register` (called from :mod:`genmnist.cli`).
+Like the other commands they import torch only when they run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from genmnist.cli import DatasetOption, UsageProblem, _check_dataset, _console, _sampling_options
+from genmnist.errors import GenmnistError
+
+DataDirOption = Annotated[
+    Path | None, typer.Option(help="Data root (default: $GENMNIST_DATA or ~/.cache).")
+]
+NumOption = Annotated[
+    int,
+    typer.Option(
+        "-n", "--num", min=10, help="Samples to draw (fewer than 10,000 warn: FID is biased)."
+    ),
+]
+SeedOption = Annotated[int, typer.Option(help="Seed of sampling, the floor subset and KID.")]
+BatchOption = Annotated[int, typer.Option(min=1, help="Images generated at once.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval``, ``compare`` and ``train-evaluator`` to ``app``."""
+    app.command("eval")(eval_command)
+    app.command("compare")(compare_command)
+    app.command("train-evaluator")(train_evaluator_command)
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _resolve(spec: str, checkpoint: Path | None, dataset: str):
+    """``(model, run folder or None, source)`` for a model name or checkpoint folder."""
+    from genmnist.models import load
+
+    folder = checkpoint
+    if folder is None and Path(spec).is_dir():
+        folder = Path(spec)
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise GenmnistError(f"--checkpoint: {checkpoint} is not a folder")
+    if folder is None:
+        from genmnist.registry import MODELS
+
+        if spec not in MODELS:
+            if "/" in spec or "\\" in spec:
+                raise GenmnistError(f"{spec}: no such checkpoint folder")
+            from genmnist.cli import _model_entry
+
+            _model_entry(spec)  # usage error with suggestions
+        return load(spec, dataset=dataset), None, f"shipped weights ({dataset})"
+    model = load(folder, dataset=dataset)
+    if checkpoint is not None and model.name != spec:
+        raise UsageProblem(f"{checkpoint} holds a '{model.name}' model, not '{spec}'")
+    trained_on = _run_dataset(folder)
+    if trained_on is not None and trained_on != dataset:
+        _err_console().print(
+            f"[yellow]warning[/]: {folder} was trained on {trained_on} but is evaluated "
+            f"against {dataset} (pass --dataset {trained_on})"
+        )
+    return model, folder, str(folder)
+
+
+def _run_dataset(folder: Path) -> str | None:
+    """The dataset a ``genmnist train`` run folder was trained on, if it says."""
+    path = folder / "checkpoint.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get("genmnist", "{}"))
+        return header.get("dataset")
+    except Exception:  # an unreadable checkpoint only loses the hint
+        return None
+
+
+def _evaluate(model, run_dir, dataset, n, data_dir, seed, batch_size, floor, options, say):
+    from genmnist.metrics import evaluate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # evaluate() reports them in result["warnings"]
+        return evaluate(
+            model,
+            dataset,
+            n,
+            data_dir=data_dir,
+            seed=seed,
+            batch_size=batch_size,
+            floor=floor,
+            run_dir=run_dir,
+            sample_options=options,
+            log=say,
+        )
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from genmnist.metrics.evaluation import METRICS
+    from genmnist.metrics.report import format_value
+
+    table = Table(
+        "metric",
+        "value",
+        "real floor",
+        "better",
+        title=f"{result['model']} on {result['dataset']}, n = {result['n']:,}",
+    )
+    group = None
+    for key, info in METRICS.items():
+        if result.get(key) is None:
+            continue
+        if group is not None and info.group != group:
+            table.add_section()
+        group = info.group
+        floor = format_value(key, result.get(f"{key}_floor")) if info.floor else ""
+        table.add_row(info.label, format_value(key, result[key]), floor, info.better or "")
+    console = _console()
+    console.print(table)
+    hist = " ".join(f"{i}:{h:.3f}" for i, h in enumerate(result.get("class_histogram", [])))
+    console.print(f"class histogram: {hist}")
+    if result.get("mode_collapse"):
+        console.print("[red]mode collapse[/]: some class gets under a quarter of its fair share")
+    if isinstance(result.get("evaluator_accuracy"), float):
+        console.print(f"evaluator test accuracy: {result['evaluator_accuracy']:.2%}")
+
+
+def eval_command(
+    name: Annotated[str, typer.Argument(help="Registered model name, or a checkpoint folder.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Run or model folder (default: shipped weights).")
+    ] = None,
+    n: NumOption = 10000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the JSON to this file.")
+    ] = None,
+    dataset: DatasetOption = "mnist",
+    data_dir: DataDirOption = None,
+    seed: SeedOption = 0,
+    batch_size: BatchOption = 1000,
+    floor: Annotated[bool, typer.Option(help="Compute the real-data floor.")] = True,
+    sampler: Annotated[str | None, typer.Option(help="Diffusion sampler.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Diffusion sampling steps.")] = None,
+    guidance: Annotated[
+        float | None, typer.Option(min=0.0, help="Classifier-free guidance scale.")
+    ] = None,
+) -> None:
+    """Evaluate a model: FID/KID/precision/recall with their real-data floor, IS,
+    acceptability, class coverage, VAE and efficiency metrics."""
+    _check_dataset(dataset)
+    err = _err_console()
+    model, run_dir, _ = _resolve(name, checkpoint, dataset)
+    options = _sampling_options(model, sampler=sampler, steps=steps, guidance=guidance)
+    result = _evaluate(
+        model,
+        run_dir,
+        dataset,
+        n,
+        data_dir,
+        seed,
+        batch_size,
+        floor,
+        options,
+        lambda message: err.print(f"[dim]{message}[/]"),
+    )
+    for message in result.get("warnings", []):
+        err.print(f"[yellow]warning[/]: {message}")
+    if output is not None:
+        from genmnist.io import write_json
+
+        write_json(output, result)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        _print_result(result)
+        if output is not None:
+            _console().print(f"JSON written to {output}")
+
+
+def compare_command(
+    models: Annotated[
+        list[str],
+        typer.Argument(help="Models: registered names (shipped weights) or checkpoint folders."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("report"),
+    n: NumOption = 10000,
+    dataset: DatasetOption = "mnist",
+    data_dir: DataDirOption = None,
+    seed: SeedOption = 0,
+    batch_size: BatchOption = 1000,
+    charts: Annotated[
+        bool, typer.Option(help="Draw the charts (needs matplotlib: genmnist[plot]).")
+    ] = True,
+) -> None:
+    """Evaluate several models and write a Markdown report with metrics, samples and charts."""
+    _check_dataset(dataset)
+    if charts:
+        from genmnist.metrics.report import require_matplotlib
+
+        require_matplotlib()
+    from genmnist.metrics.report import unique_labels, write_report
+    from genmnist.metrics.stability import loss_key, read_metrics
+
+    err = _err_console()
+    loaded = [_resolve(spec, None, dataset) for spec in models]
+    labels = unique_labels(_labels(loaded))
+    results, samples, curves = [], [], {}
+    for label, (model, folder, _) in zip(labels, loaded, strict=True):
+        result = _evaluate(
+            model,
+            folder,
+            dataset,
+            n,
+            data_dir,
+            seed,
+            batch_size,
+            True,
+            None,
+            lambda message: err.print(f"[dim]{message}[/]"),
+        )
+        results.append(result)
+        count = 100 if model.conditional else 64
+        samples.append(model.sample(min(count, n), seed=seed, batch_size=batch_size))
+        if folder is not None and (folder / "metrics.jsonl").is_file():
+            records = read_metrics(folder)
+            key = loss_key(records)
+            curves[label] = [
+                (float(r["step"]), float(r[key]))
+                for r in records
+                if key is not None and isinstance(r.get(key), int | float)
+            ]
+    for message in sorted({m for r in results for m in r.get("warnings", [])}):
+        err.print(f"[yellow]warning[/]: {message}")
+    path = write_report(
+        out, labels, results, samples, curves, [src for _, _, src in loaded], charts=charts
+    )
+    _print_summary(labels, results)
+    _console().print(f"Report written to {path}")
+
+
+def _labels(loaded) -> list[str]:
+    """Short names for the report: the model name, plus where it came from when needed."""
+    from collections import Counter
+
+    short = [
+        model.name if folder is None or folder.name == model.name
+        else f"{model.name} ({folder.name})"
+        for model, folder, _ in loaded
+    ]  # fmt: skip
+    counts = Counter(short)
+    return [
+        label if counts[label] == 1
+        else f"{model.name} (shipped)" if folder is None
+        else f"{model.name} ({folder.parent.name}/{folder.name})"
+        for label, (model, folder, _) in zip(short, loaded, strict=True)
+    ]  # fmt: skip
+
+
+def _print_summary(labels: list[str], results: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from genmnist.metrics.report import format_value
+
+    keys = ["fid", "kid", "precision", "recall", "acceptability", "coverage", "images_per_second"]
+    table = Table("model", *keys)
+    for label, result in zip(labels, results, strict=True):
+        table.add_row(label, *(format_value(k, result.get(k)) for k in keys))
+    first = results[0]
+    table.add_row("real floor", *(format_value(k, first.get(f"{k}_floor")) for k in keys))
+    _console().print(table)
+
+
+def train_evaluator_command(
+    dataset: DatasetOption = "mnist",
+    data_dir: DataDirOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: the shipped one).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs (default: the shipped recipe).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Start from this evaluator folder (only the outlier-exposure phase)."),
+    ] = None,
+) -> None:
+    """Retrain the evaluator classifier of a dataset (reproducible for a seed)."""
+    _check_dataset(dataset)
+    from genmnist.metrics.classifier import main
+
+    argv = ["--dataset", dataset, "--seed", str(seed)]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    if out is not None:
+        argv += ["--out", str(out)]
+    if epochs is not None:
+        argv += ["--epochs", str(epochs)]
+    if init is not None:
+        argv += ["--init", str(init)]
+    main(argv)

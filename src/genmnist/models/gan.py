@@ -1,0 +1,321 @@
+"""Generative adversarial networks: MLP GAN, DCGAN and class-conditional GAN.
+
+Registered as ``gan-mlp``, ``dcgan`` and ``cgan``: one `GAN` class whose config
+names its generator in `genmnist.nn.DECODERS` (the same decoders the VAEs use) and
+its discriminator in `genmnist.nn.DISCRIMINATORS`. The generator's raw output goes
+through ``tanh``, so images are in ``[-1, 1]`` inside the model (real images are rescaled
+to match) and mapped back to ``[0, 1]`` by `GAN.generate`.
+
+Training alternates one discriminator step and one generator step per batch through the
+shared trainer (phases ``discriminator`` then ``generator``), with separate learning
+rates (TTUR), a choice of objective in `genmnist.losses.GAN_LOSSES`, optional
+one-sided label smoothing, R1 or gradient penalty, and spectral norm in the
+discriminator. The metrics log gets the discriminator's accuracy on real and fake
+images and the diversity of a fixed batch of samples, to catch collapse early.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from genmnist.errors import ConfigError
+from genmnist.losses import GAN_LOSSES, gradient_penalty, r1_penalty
+from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
+from genmnist.nn import DECODERS, DISCRIMINATORS
+from genmnist.nn.discriminators import initialise
+from genmnist.registry import MODELS
+
+#: Discriminator regularisers a `GANConfig` can name.
+PENALTIES = ("none", "r1", "gp")
+#: Seed of the fixed noise behind `GAN.training_metrics`.
+METRICS_SEED = 20_240_601
+
+
+@dataclass
+class GANConfig(ModelConfig):
+    """Architecture, objective and optimisation of a `GAN`.
+
+    Attributes:
+        generator: Generator name in `genmnist.nn.DECODERS` (``mlp`` or ``conv``).
+        discriminator: Name in `genmnist.nn.DISCRIMINATORS` (``mlp`` or ``conv``).
+        latent_dim: Size of the noise vector ``z ~ N(0, I)``.
+        g_hidden_dims: Generator widths (MLP) or channels (conv, as for a VAE decoder).
+        d_hidden_dims: Discriminator widths (MLP) or channels per convolution (conv).
+        g_activation: Generator activation (e.g. ``relu`` or ``leaky_relu``).
+        d_activation: Discriminator activation.
+        g_norm: Normalisation in the conv generator (``batch``, ``group``, ``none``).
+        d_norm: Normalisation in the conv discriminator, after all but the first
+            convolution (DCGAN's ``batch``; use ``none`` with spectral norm or a penalty).
+        embed_dim: Size of the generator's learned label embedding, appended to ``z``
+            (conditional models).
+        conditioning: How the discriminator uses labels: ``projection`` or ``embedding``.
+        spectral_norm: Spectral normalisation of every discriminator weight.
+        d_dropout: Dropout after each discriminator layer.
+        init: Weight initialisation of both networks: ``dcgan`` (N(0, 0.02), suits the
+            conv models) or ``default`` (PyTorch's, better for the MLPs).
+        loss: Objective in `genmnist.losses.GAN_LOSSES` (``bce``, ``hinge``).
+        real_target: Target of real images in the ``bce`` loss; below 1 is one-sided
+            label smoothing (e.g. 0.9).
+        penalty: Discriminator regulariser: ``none``, ``r1`` (adds
+            ``penalty_weight / 2 * R1``) or ``gp`` (adds ``penalty_weight * GP``).
+        penalty_weight: ``gamma`` of R1 or ``lambda`` of the gradient penalty.
+        penalty_every: Apply the penalty every this many steps, scaled up to match (lazy
+            regularisation, Karras et al., 2020), which makes it cheaper.
+        d_lr: Discriminator learning rate (None: ``lr``); ``lr`` is the generator's.
+        metrics_samples: Size of the fixed sample batch scored at each logging interval.
+        epochs: Default number of training epochs.
+    """
+
+    generator: str = "conv"
+    discriminator: str = "conv"
+    latent_dim: int = 64
+    g_hidden_dims: tuple[int, ...] = (32, 64, 128)
+    d_hidden_dims: tuple[int, ...] = (64, 128)
+    g_activation: str = "relu"
+    d_activation: str = "leaky_relu"
+    g_norm: str = "batch"
+    d_norm: str = "batch"
+    embed_dim: int = 16
+    conditioning: str = "projection"
+    spectral_norm: bool = False
+    d_dropout: float = 0.0
+    init: str = "dcgan"
+    loss: str = "bce"
+    real_target: float = 1.0
+    penalty: str = "none"
+    penalty_weight: float = 10.0
+    penalty_every: int = 1
+    d_lr: float | None = None
+    metrics_samples: int = 100
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    ema_decay: float | None = 0.999
+
+
+class GAN(GenerativeModel):
+    """Generative adversarial network (Goodfellow et al., 2014), convolutional as in DCGAN
+    (Radford et al., 2016) or class-conditional (Mirza & Osindero, 2014) with a projection
+    discriminator (Miyato & Koyama, 2018).
+
+    Sampling draws ``z ~ N(0, I)`` and returns ``(tanh(G(z)) + 1) / 2``. In eval mode
+    (which `sample` sets) BatchNorm uses its running statistics, so each sample
+    depends only on its own noise, not on the rest of the batch.
+    """
+
+    config_class = GANConfig
+    default_name = "gan"
+    bf16_helps = True  # measured on 2 CPU cores: 1.3x-2x images/s, see docs/models/gan.md
+    config: GANConfig
+
+    def __init__(self, config: GANConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        cfg = self.config
+        if cfg.latent_dim <= 0:
+            raise ConfigError("latent_dim must be positive")
+        self.objective = GAN_LOSSES.get(cfg.loss)  # fails early on an unknown name
+        if not 0.0 < cfg.real_target <= 1.0:
+            raise ConfigError(f"real_target must be in (0, 1], got {cfg.real_target}")
+        if cfg.real_target != 1.0 and not self.objective.smoothing:
+            raise ConfigError(f"label smoothing (real_target < 1) does not apply to '{cfg.loss}'")
+        if cfg.penalty not in PENALTIES:
+            raise ConfigError(
+                f"unknown penalty '{cfg.penalty}'; choose from {', '.join(PENALTIES)}"
+            )
+        if cfg.penalty_every < 1:
+            raise ConfigError("penalty_every must be >= 1")
+        if cfg.metrics_samples < 0:
+            raise ConfigError("metrics_samples must be >= 0")
+        cond = cfg.embed_dim if self.conditional else 0
+        self.label_embedding = nn.Embedding(cfg.num_classes, cfg.embed_dim) if cond else None
+        self.generator = DECODERS.create(
+            cfg.generator,
+            in_features=cfg.latent_dim,
+            hidden_dims=tuple(cfg.g_hidden_dims),
+            cond_features=cond,
+            activation=cfg.g_activation,
+            norm=cfg.g_norm,
+        )
+        self.discriminator = DISCRIMINATORS.create(
+            cfg.discriminator,
+            hidden_dims=tuple(cfg.d_hidden_dims),
+            num_classes=cfg.num_classes,
+            conditioning=cfg.conditioning,
+            activation=cfg.d_activation,
+            norm=cfg.d_norm,
+            spectral_norm=cfg.spectral_norm,
+            dropout=cfg.d_dropout,
+            init=cfg.init,
+        )
+        initialise(self.generator, cfg.init)  # the discriminator initialises itself
+        # Fakes of the current step's discriminator phase, reused by its generator phase
+        # (as in PyTorch's DCGAN example): saves one generator forward pass per step.
+        self._fakes: tuple[int, torch.Tensor, torch.Tensor | None] | None = None
+
+    # ----------------------------------------------------------------- generator
+    def _cond(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        if labels is None:
+            raise ConfigError(f"model '{self.name}' is conditional: labels are required")
+        return self.label_embedding(labels.long())
+
+    def generate_images(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Generator output ``tanh(G(z))``: images ``(b, 1, 28, 28)`` in ``[-1, 1]``."""
+        return torch.tanh(self.generator(z, self._cond(labels)))
+
+    def generate(self, noise: SampleNoise, labels: torch.Tensor | None) -> torch.Tensor:
+        z = noise.randn(self.config.latent_dim)
+        return (self.generate_images(z, labels).float() + 1) / 2
+
+    def discriminate(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Discriminator logits ``(b,)`` for images in ``[-1, 1]`` (positive: "real")."""
+        return self.discriminator(images, labels if self.conditional else None)
+
+    # ----------------------------------------------------------------- training
+    def optimizer_groups(self) -> dict[str, Any]:
+        generator = list(self.generator.parameters())
+        if self.label_embedding is not None:
+            generator += list(self.label_embedding.parameters())
+        return {"discriminator": self.discriminator.parameters(), "generator": generator}
+
+    def optimizer_options(self, phase: str) -> dict[str, Any]:
+        if phase == "discriminator" and self.config.d_lr is not None:
+            return {"lr": self.config.d_lr}
+        return {}
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
+    ) -> dict[str, torch.Tensor]:
+        labels = labels if self.conditional else None
+        if phase == "discriminator":
+            return self._discriminator_loss(images, labels, step)
+        if phase == "generator":
+            return self._generator_loss(images.shape[0], labels, step)
+        raise ConfigError(f"a GAN trains in phases 'discriminator' and 'generator', not '{phase}'")
+
+    def _discriminator_loss(
+        self, images: torch.Tensor, labels: torch.Tensor | None, step: int
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        z = torch.randn(images.shape[0], cfg.latent_dim, device=images.device)
+        fakes = self.generate_images(z, labels)  # keeps its graph for the generator phase
+        self._fakes = (step, fakes, labels)
+        fakes = fakes.detach()
+        real = images * 2 - 1
+        penalize = cfg.penalty != "none" and step % cfg.penalty_every == 0
+        if penalize and cfg.penalty == "r1":
+            real.requires_grad_(True)
+        real_logits = self.discriminate(real, labels)
+        fake_logits = self.discriminate(fakes, labels)
+        loss = self.objective.discriminator(real_logits, fake_logits, cfg.real_target)
+        out = {
+            "real_accuracy": (real_logits.detach() > 0).float().mean(),
+            "fake_accuracy": (fake_logits.detach() < 0).float().mean(),
+        }
+        if penalize:
+            if cfg.penalty == "r1":
+                penalty = r1_penalty(real_logits, real)
+                weight = cfg.penalty_weight / 2
+            else:
+                penalty = gradient_penalty(
+                    lambda x: self.discriminate(x, labels), real.detach(), fakes
+                )
+                weight = cfg.penalty_weight
+            loss = loss + weight * cfg.penalty_every * penalty
+            out[cfg.penalty] = penalty.detach()
+        return {"loss": loss, **out}
+
+    def _generator_loss(
+        self, batch: int, labels: torch.Tensor | None, step: int
+    ) -> dict[str, torch.Tensor]:
+        if self._fakes is not None and self._fakes[0] == step:
+            _, fakes, labels = self._fakes
+        else:  # called without the discriminator phase first: draw new fakes
+            z = torch.randn(batch, self.config.latent_dim, device=self.device)
+            fakes = self.generate_images(z, labels)
+        self._fakes = None
+        self.discriminator.requires_grad_(False)  # no gradients for D in G's step
+        try:
+            fake_logits = self.discriminate(fakes, labels)
+        finally:
+            self.discriminator.requires_grad_(True)
+        return {
+            "loss": self.objective.generator(fake_logits),
+            "fooled": (fake_logits.detach() > 0).float().mean(),
+        }
+
+    @torch.no_grad()
+    def training_metrics(self, step: int) -> dict[str, float]:
+        """Diversity of a fixed batch of samples (same noise every time, from its own
+        generators, so the global RNG and thus training are untouched).
+
+        ``sample_diversity`` is the mean RMS pixel distance between two samples of the
+        batch (images in ``[0, 1]``; about 0.36 for real MNIST digits); values falling
+        towards 0 mean mode collapse. Conditional models also log ``class_diversity``,
+        the same among samples of one label (about 0.32 on MNIST), which catches collapse
+        within a class that the overall number hides.
+        """
+        n = self.config.metrics_samples
+        if n < 2:
+            return {}
+        labels = None
+        if self.conditional:
+            labels = torch.arange(n, device=self.device) % self.config.num_classes
+        noise = SampleNoise(SampleNoise.sample_seeds(n, seed=METRICS_SEED), self.device)
+        was_training = self.training
+        self.eval()  # BatchNorm on running statistics, as when sampling
+        try:
+            flat = self.generate(noise, labels).float().flatten(1)
+        finally:
+            self.train(was_training)
+        distance = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
+        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=flat.device)
+        metrics = {"sample_diversity": float(distance[off_diagonal].mean())}
+        if labels is not None:
+            same = (labels[:, None] == labels[None, :]) & off_diagonal
+            if same.any():
+                metrics["class_diversity"] = float(distance[same].mean())
+        return metrics
+
+
+MODELS.register(
+    "gan-mlp",
+    GAN,
+    description="MLP GAN: generator 64-256-512-784 (LeakyReLU, tanh), MLP discriminator",
+    generator="mlp",
+    discriminator="mlp",
+    latent_dim=64,
+    g_hidden_dims=(256, 512),
+    d_hidden_dims=(512, 256),
+    g_activation="leaky_relu",
+    g_norm="none",
+    d_dropout=0.3,
+    init="default",
+    real_target=0.9,
+)
+MODELS.register(
+    "dcgan",
+    GAN,
+    description="DCGAN: dense + transposed convs + tanh generator, conv discriminator",
+    generator="conv",
+    discriminator="conv",
+)
+MODELS.register(
+    "cgan",
+    GAN,
+    description="Class-conditional DCGAN (label embedding in G, projection discriminator)",
+    generator="conv",
+    discriminator="conv",
+    num_classes=10,
+    conditioning="projection",
+    real_target=0.9,
+)

@@ -1,0 +1,407 @@
+"""Model API: sampling, labels, persistence, losses and the VAE's extras."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from genmnist.errors import CheckpointError, ConfigError, RegistryError
+from genmnist.io import load_tensors
+from genmnist.losses import (
+    RECONSTRUCTION_LOSSES,
+    bce_reconstruction,
+    gaussian_kl,
+    kl_weight,
+    l1_reconstruction,
+    mse_reconstruction,
+)
+from genmnist.models import VAE, VAEConfig, create_model, load
+from genmnist.models.base import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE, SampleNoise
+from genmnist.models.vae import interpolate_latents
+from genmnist.registry import MODELS
+
+ALL_MODELS = ["vae-mlp", "vae-conv", "cvae"]
+
+
+# --------------------------------------------------------------------------- creation
+def test_create_model_applies_registered_defaults_and_overrides():
+    model = create_model("cvae", latent_dim=3, hidden_dims=[4, 8])
+    assert isinstance(model, VAE) and model.name == "cvae"
+    cfg = model.config
+    assert (cfg.encoder, cfg.decoder, cfg.norm, cfg.num_classes) == ("conv", "conv", "batch", 10)
+    assert cfg.latent_dim == 3 and cfg.hidden_dims == (4, 8)  # lists become tuples
+    assert model.conditional
+    assert not create_model("vae-mlp", hidden_dims=(8,), latent_dim=2).conditional
+
+
+def test_create_model_errors():
+    with pytest.raises(RegistryError, match="did you mean 'vae-mlp'"):
+        create_model("vae-mpl")
+    with pytest.raises(ConfigError, match="unknown VAEConfig field.*latnet_dim"):
+        create_model("vae-mlp", latnet_dim=3)
+    with pytest.raises(ConfigError, match="latent_dim must be positive"):
+        create_model("vae-mlp", latent_dim=0)
+    with pytest.raises(RegistryError, match="unknown reconstruction loss 'bce2'"):
+        create_model("vae-mlp", reconstruction="bce2")
+    with pytest.raises(ConfigError, match="num_classes"):
+        create_model("vae-mlp", num_classes=-1)
+
+
+def test_config_dict_round_trip():
+    cfg = VAEConfig(hidden_dims=(3, 5), betas=(0.5, 0.9), ema_decay=0.99)
+    data = cfg.to_dict()
+    assert data["hidden_dims"] == [3, 5] and data["betas"] == [0.5, 0.9]
+    assert json.loads(json.dumps(data)) == data
+    assert VAEConfig.from_dict(data) == cfg
+    assert cfg.replace(latent_dim=7).latent_dim == 7
+    with pytest.raises(ConfigError):
+        cfg.replace(nonsense=1)
+
+
+# --------------------------------------------------------------------------- sampling
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_sample_shape_range_dtype(tiny_model, name):
+    model = tiny_model(name)
+    images = model.sample(6, seed=0)
+    assert images.shape == (6, 1, 28, 28)
+    assert images.dtype == torch.float32
+    assert images.device.type == "cpu"
+    assert images.min() >= 0 and images.max() <= 1
+    assert images.std() > 0  # not a constant image
+    assert model.training  # sampling restores the training mode
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_sample_seed_reproducible(tiny_model, name):
+    model = tiny_model(name)
+    a = model.sample(4, seed=123)
+    b = model.sample(4, seed=123)
+    c = model.sample(4, seed=124)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert not torch.allclose(a[0], a[1])  # samples in a batch differ
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_sample_independent_of_batch_size(tiny_model, name):
+    model = tiny_model(name)
+    big = model.sample(5, seed=7)
+    small = model.sample(3, seed=7, batch_size=2)
+    one_by_one = model.sample(5, seed=7, batch_size=1)
+    torch.testing.assert_close(big[:3], small, atol=1e-5, rtol=0)
+    torch.testing.assert_close(big, one_by_one, atol=1e-5, rtol=0)
+
+
+def test_sample_without_seed_is_random_and_generator_reproducible(tiny_model):
+    model = tiny_model("vae-mlp")
+    a, b = model.sample(3), model.sample(3)
+    assert a.shape == (3, 1, 28, 28) and not torch.equal(a, b)
+    g1 = torch.Generator().manual_seed(5)
+    g2 = torch.Generator().manual_seed(5)
+    assert torch.equal(model.sample(3, generator=g1), model.sample(3, generator=g2))
+
+
+@pytest.mark.parametrize("seed", [0, -1, 2**40, 2**63 - 1])
+def test_sample_accepts_any_int64_seed(tiny_model, seed):
+    model = tiny_model("vae-mlp")
+    assert torch.equal(model.sample(2, seed=seed), model.sample(2, seed=seed))
+
+
+def test_sample_noise_streams_are_per_sample():
+    noise = SampleNoise([11, 12])
+    first = noise.randn(3)
+    assert first.shape == (2, 3)
+    again = SampleNoise([12])
+    assert torch.equal(again.randn(3)[0], first[1])
+    assert torch.equal(again.rand(2)[0], noise.rand(2)[1])  # next values of each stream
+    assert SampleNoise.sample_seeds(3, seed=2) == [2_000_006, 2_000_007, 2_000_008]
+
+
+def test_sample_rejects_non_positive_n(tiny_model):
+    model = tiny_model("vae-mlp")
+    for n in (0, -3):
+        with pytest.raises(ConfigError, match="positive"):
+            model.sample(n)
+
+
+# --------------------------------------------------------------------------- labels
+def test_cvae_labels(tiny_model):
+    model = tiny_model("cvae")
+    as_int = model.sample(4, labels=3, seed=1)
+    as_list = model.sample(4, labels=[3, 3, 3, 3], seed=1)
+    as_tensor = model.sample(4, labels=torch.tensor([3, 3, 3, 3]), seed=1)
+    assert torch.equal(as_int, as_list) and torch.equal(as_int, as_tensor)
+    # default labels cycle 0..9
+    cycle = model.sample(12, seed=1)
+    assert torch.equal(cycle, model.sample(12, labels=[i % 10 for i in range(12)], seed=1))
+
+
+def test_cvae_label_changes_output(tiny_model):
+    model = tiny_model("cvae")
+    zero = model.sample(3, labels=0, seed=4)
+    nine = model.sample(3, labels=9, seed=4)
+    assert not torch.allclose(zero, nine)
+
+
+@pytest.mark.parametrize("labels", [10, -1, [0, 1, 10], [0, 1]])
+def test_cvae_rejects_bad_labels(tiny_model, labels):
+    with pytest.raises(ConfigError):
+        tiny_model("cvae").sample(3, labels=labels, seed=0)
+
+
+@pytest.mark.parametrize("name", ["vae-mlp", "vae-conv"])
+def test_unconditional_models_reject_labels(tiny_model, name):
+    with pytest.raises(ConfigError, match="unconditional"):
+        tiny_model(name).sample(2, labels=1, seed=0)
+
+
+def test_conditional_encode_requires_labels(tiny_model):
+    model = tiny_model("cvae")
+    with pytest.raises(ConfigError, match="labels are required"):
+        model.encode(torch.rand(2, 1, 28, 28))
+
+
+# --------------------------------------------------------------------------- persistence
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_save_pretrained_then_load_gives_identical_samples(tiny_model, tmp_path, name):
+    model = tiny_model(name)
+    # move BatchNorm statistics away from their initial values so they must be saved
+    model.training_loss(torch.rand(8, 1, 28, 28), torch.arange(8), step=0)
+    model.eval()
+    folder = model.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    record = json.loads((folder / CONFIG_FILE).read_text())
+    assert record["format"] == CONFIG_FORMAT == "genmnist-model"
+    assert record["model"] == name
+    assert record["config_version"] == VAE.config_version
+    assert record["config"] == model.config.to_dict()
+    _, metadata = load_tensors(folder / WEIGHTS_FILE)
+    assert metadata["model"] == name
+
+    loaded = load(folder)
+    assert type(loaded) is VAE and loaded.name == name and not loaded.training
+    assert loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    labels = 2 if model.conditional else None
+    assert torch.equal(loaded.sample(5, labels, seed=9), model.sample(5, labels, seed=9))
+    assert isinstance(VAE.from_pretrained(folder), VAE)
+
+
+def test_save_pretrained_half_precision(tiny_model, tmp_path):
+    model = tiny_model("vae-mlp").eval()
+    folder = model.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    tensors, _ = load_tensors(folder / WEIGHTS_FILE)
+    assert all(t.dtype == torch.float16 for t in tensors.values())
+    loaded = load(folder)
+    assert next(loaded.parameters()).dtype == torch.float32
+    torch.testing.assert_close(loaded.sample(3, seed=0), model.sample(3, seed=0), atol=2e-3, rtol=0)
+
+
+@pytest.fixture
+def saved_folder(tiny_model, tmp_path):
+    return tiny_model("vae-mlp").save_pretrained(tmp_path / "model")
+
+
+def _edit_config(folder, change):
+    path = folder / CONFIG_FILE
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda r: r.update(config_version=99), "newer than this genmnist supports"),
+        (lambda r: r.pop("config_version"), "config_version"),
+        (lambda r: r.update(model="no-such-model"), "unknown model 'no-such-model'"),
+        (lambda r: r.update(format="something-else"), "not a genmnist model config"),
+        (lambda r: r["config"].update(flux_capacitor=1), "unknown VAEConfig field"),
+        (lambda r: r["config"].update(latent_dim=5), "has shape"),
+        (lambda r: r["config"].update(hidden_dims=[32, 32]), "weights do not match"),
+        (lambda r: r.update(config=[1, 2]), "'config' must be an object"),
+    ],
+)
+def test_load_broken_config_raises_checkpoint_error(saved_folder, change, match):
+    _edit_config(saved_folder, change)
+    with pytest.raises(CheckpointError, match=match) as info:
+        load(saved_folder)
+    assert str(saved_folder) in str(info.value)
+
+
+def test_load_missing_or_broken_files(saved_folder, tmp_path):
+    (saved_folder / WEIGHTS_FILE).write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(CheckpointError, match="Git LFS"):
+        load(saved_folder)
+    (saved_folder / WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match="file not found"):
+        load(saved_folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no config.json here"):
+        load(empty)
+    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
+        load(tmp_path / "does" / "not" / "exist")
+
+
+def test_load_name_without_shipped_weights(tiny_model):
+    MODELS.register("test-only-vae", VAE, hidden_dims=(8,), latent_dim=2)
+    with pytest.raises(RegistryError, match="no pretrained weights ship for 'test-only-vae'"):
+        load("test-only-vae")
+
+
+def test_from_pretrained_checks_the_class(saved_folder):
+    class OtherModel(VAE):
+        pass
+
+    with pytest.raises(CheckpointError, match="not a OtherModel"):
+        OtherModel.from_pretrained(saved_folder)
+
+
+# --------------------------------------------------------------------------- training loss
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_training_loss_is_finite_and_differentiable(tiny_model, tiny_dataset, name):
+    model = tiny_model(name)
+    images, labels = tiny_dataset.batch(torch.arange(8))
+    losses = model.training_loss(images, labels, step=0)
+    assert {"loss", "reconstruction", "kl"} <= set(losses)
+    for key, value in losses.items():
+        assert value.ndim == 0 and torch.isfinite(value), key
+    assert losses["kl"] >= 0 and losses["reconstruction"] > 0
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    torch.testing.assert_close(losses["loss"].detach(), losses["reconstruction"] + losses["kl"])
+
+
+def test_training_loss_kl_annealing(tiny_model, tiny_dataset):
+    model = tiny_model("vae-mlp", beta=2.0, kl_warmup_steps=10)
+    images, labels = tiny_dataset.batch(torch.arange(8))
+    at_start = model.training_loss(images, labels, step=0)
+    assert torch.equal(at_start["loss"].detach(), at_start["reconstruction"])
+    halfway = model.training_loss(images, labels, step=5)
+    expected = halfway["reconstruction"] + 1.0 * halfway["kl"]
+    torch.testing.assert_close(halfway["loss"].detach(), expected)
+    late = model.training_loss(images, labels, step=50)
+    torch.testing.assert_close(late["loss"].detach(), late["reconstruction"] + 2.0 * late["kl"])
+
+
+# --------------------------------------------------------------------------- losses
+def _sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+LOGITS = [[0.0, math.log(3.0)], [-1.0, 2.0]]  # two "images" of two pixels
+TARGET = [[1.0, 0.0], [0.5, 1.0]]
+
+
+def _per_image(fn):
+    rows = [
+        sum(fn(x, t) for x, t in zip(xs, ts, strict=True))
+        for xs, ts in zip(LOGITS, TARGET, strict=True)
+    ]
+    return sum(rows) / len(rows)
+
+
+@pytest.mark.parametrize(
+    ("loss", "pixel"),
+    [
+        (
+            bce_reconstruction,
+            lambda x, t: -(t * math.log(_sig(x)) + (1 - t) * math.log(1 - _sig(x))),
+        ),
+        (mse_reconstruction, lambda x, t: (_sig(x) - t) ** 2),
+        (l1_reconstruction, lambda x, t: abs(_sig(x) - t)),
+    ],
+)
+def test_reconstruction_losses_match_hand_computation(loss, pixel):
+    logits = torch.tensor(LOGITS).reshape(2, 1, 1, 2)
+    target = torch.tensor(TARGET).reshape(2, 1, 1, 2)
+    value = loss(logits, target)
+    assert value.ndim == 0
+    assert value.item() == pytest.approx(_per_image(pixel), rel=1e-6)
+
+
+def test_reconstruction_losses_are_registered():
+    assert RECONSTRUCTION_LOSSES.list() == ["bce", "l1", "mse"]
+    assert RECONSTRUCTION_LOSSES.get("bce") is bce_reconstruction
+
+
+def test_bce_known_value():
+    # logit 0 is p = 0.5: ln 2 nats per pixel whatever the target, summed over 784 pixels
+    value = bce_reconstruction(torch.zeros(3, 1, 28, 28), torch.rand(3, 1, 28, 28))
+    assert value.item() == pytest.approx(784 * math.log(2), rel=1e-6)
+
+
+def test_gaussian_kl_hand_computed():
+    mean = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    logvar = torch.tensor([[0.0, math.log(2.0)], [0.0, 0.0]])
+    # row 0: 0.5 * (1 + 1 - 1 - 0) + 0.5 * (0 + 2 - 1 - ln 2); row 1: 0 (the prior itself)
+    row0 = 0.5 + 0.5 * (1 - math.log(2.0))
+    assert gaussian_kl(mean, logvar).item() == pytest.approx(row0 / 2, rel=1e-6)
+    assert gaussian_kl(torch.zeros(4, 3), torch.zeros(4, 3)).item() == 0.0
+
+
+def test_kl_weight_annealing():
+    assert kl_weight(0) == 1.0
+    assert kl_weight(100, beta=4.0) == 4.0
+    assert kl_weight(0, beta=2.0, warmup_steps=10) == 0.0
+    assert kl_weight(5, beta=2.0, warmup_steps=10) == pytest.approx(1.0)
+    assert kl_weight(10, beta=2.0, warmup_steps=10) == pytest.approx(2.0)
+    assert kl_weight(1000, beta=2.0, warmup_steps=10) == pytest.approx(2.0)
+
+
+# --------------------------------------------------------------------------- interpolation
+@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("method", ["slerp", "linear"])
+def test_interpolate_endpoints_are_reconstructions(tiny_model, tiny_dataset, name, method):
+    model = tiny_model(name).eval()
+    images, labels = tiny_dataset.batch(torch.tensor([0, 3]))
+    label = labels[:1] if model.conditional else None
+    path = model.interpolate(images[0], images[1], steps=6, labels=label, method=method)
+    assert path.shape == (6, 1, 28, 28)
+    assert path.min() >= 0 and path.max() <= 1
+    pair_labels = None if label is None else label.repeat(2)
+    ends = model.reconstruct(images, pair_labels)
+    torch.testing.assert_close(path[0], ends[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(path[-1], ends[1], atol=1e-5, rtol=0)
+    assert not torch.allclose(path[2], path[0])
+
+
+def test_reconstruct_leaves_a_training_model_unchanged(tiny_model, tiny_dataset):
+    model = tiny_model("vae-conv")
+    assert model.training
+    images, _ = tiny_dataset.batch(torch.arange(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    together = model.reconstruct(images)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    torch.testing.assert_close(together[:1], model.reconstruct(images[:1]), atol=1e-5, rtol=0)
+
+
+def test_interpolate_latents_linear_and_slerp():
+    start, end = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 3.0, 0.0])
+    linear = interpolate_latents(start, end, 5, "linear")
+    assert linear.shape == (5, 3)
+    assert torch.equal(linear[0], start) and torch.equal(linear[-1], end)
+    torch.testing.assert_close(linear[2], torch.tensor([1.5, 1.5, 0.0]))
+    slerp = interpolate_latents(start, end, 5, "slerp")
+    torch.testing.assert_close(slerp[0], start, atol=1e-5, rtol=0)
+    torch.testing.assert_close(slerp[-1], end, atol=1e-5, rtol=0)
+    # slerp keeps the norm of equal-norm endpoints along the path (linear shrinks it)
+    torch.testing.assert_close(slerp.norm(dim=1), torch.full((5,), 3.0), atol=1e-4, rtol=0)
+    assert linear[2].norm() < 2.2
+    # nearly parallel endpoints fall back to linear interpolation
+    parallel = interpolate_latents(start, 2 * start, 3, "slerp")
+    torch.testing.assert_close(parallel[1], 1.5 * start)
+
+
+def test_interpolate_latents_errors():
+    a, b = torch.zeros(2), torch.ones(2)
+    with pytest.raises(ConfigError, match="at least 2 steps"):
+        interpolate_latents(a, b, 1)
+    with pytest.raises(ConfigError, match="unknown interpolation method 'cubic'"):
+        interpolate_latents(a, b, 3, "cubic")
