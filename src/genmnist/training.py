@@ -23,6 +23,7 @@ equal, contiguous share of it, and only rank 0 logs and writes the run folder.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import math
 import signal
@@ -377,6 +378,10 @@ class Trainer:
             return self._fit()
         finally:
             if created_group:
+                # Free DDP's reducer (it holds the group and threads) before the group goes:
+                # destroying the group under a live reducer can abort the process at exit.
+                self._loss = None
+                gc.collect()
                 distributed.teardown()
 
     def _agreed(self, action: Callable[[], Any]) -> Any:
