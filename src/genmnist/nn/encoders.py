@@ -1,7 +1,8 @@
 """Encoders: images ``(b, 1, 28, 28)`` (plus an optional condition vector) to features.
 
-A VAE encoder outputs ``2 * latent_dim`` features (mean and log-variance); a GAN
-discriminator is an encoder with one output. Both register in `ENCODERS`.
+A VAE encoder outputs ``2 * latent_dim`` features (mean and log-variance). They register
+in `ENCODERS`; GAN discriminators, which also take labels for projection conditioning,
+have their own registry in `genmnist.nn.discriminators`.
 """
 
 from __future__ import annotations
