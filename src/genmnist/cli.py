@@ -61,11 +61,7 @@ def _model_entry(name: str):
 
 
 def _default_config(entry) -> dict:
-    return {**entry.obj.config_class().to_dict(), **_jsonable(entry.defaults)}
-
-
-def _jsonable(values: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return entry.obj.config_class().replace(**entry.defaults).to_dict()
 
 
 @app.command("list")
