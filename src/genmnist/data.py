@@ -1,13 +1,16 @@
 """MNIST and Fashion-MNIST, read once into memory as uint8 tensors.
 
-Files are found through ``torchvision.datasets`` under a root folder chosen as: the
-``data_dir`` argument (``--data-dir``), else the ``GENMNIST_DATA`` environment variable,
-else ``~/.cache/genmnist/data`` (``$XDG_CACHE_HOME/genmnist/data``). Missing files are
-downloaded when the machine is online.
+Files are looked for under ``<root>/MNIST/raw/`` (``FashionMNIST/raw/``), the layout of
+``torchvision.datasets``, with a root chosen as: the ``data_dir`` argument
+(``--data-dir``), else the ``GENMNIST_DATA`` environment variable, else
+``~/.cache/genmnist/data`` (``$XDG_CACHE_HOME/genmnist/data``). Missing files are
+downloaded through torchvision when the machine is online; the IDX files are then read
+and checked here (`read_idx`), so a broken file gives a `DataError` naming it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,37 +102,37 @@ def load_dataset(
     folder_name, _ = DATASETS[name]
     raw = root / folder_name / "raw"
 
-    import torchvision.datasets as tvd  # slow import (~3 s): only when data is needed
+    prefix = "train" if split == "train" else "t10k"
+    images_path = raw / f"{prefix}-images-idx3-ubyte"
+    labels_path = raw / f"{prefix}-labels-idx1-ubyte"
+    if not all((raw / f).is_file() for f in RAW_FILES):
+        if not download:
+            raise DataError(_missing_message(name, raw, "download disabled"))
+        import torchvision.datasets as tvd  # slow import (~2 s): only to download
 
-    cls = getattr(tvd, folder_name)
-    dataset = None
-    if all((raw / f).is_file() for f in RAW_FILES):
         try:
-            dataset = cls(str(root), train=split == "train", download=False)
-        except Exception as exc:  # torchvision's reader fails in several ways on bad files
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise DataError(
-                f"{raw}: malformed {name} files ({type(exc).__name__}: {reason})"
-            ) from None
-    if dataset is None and download:
-        try:
-            dataset = cls(str(root), train=split == "train", download=True)
+            getattr(tvd, folder_name)(str(root), train=split == "train", download=True)
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(_missing_message(name, raw, f"download failed: {reason}")) from None
-    if dataset is None:
-        raise DataError(_missing_message(name, raw, "download disabled"))
+        if not (images_path.is_file() and labels_path.is_file()):
+            raise DataError(_missing_message(name, raw, "download left no files"))
 
-    images, labels = dataset.data, dataset.targets
-    if images.dtype != torch.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
-        raise DataError(f"{raw}: expected uint8 images of 28x28, got {tuple(images.shape)}")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
         raise DataError(
-            f"{raw}: {images.shape[0]} images but {labels.shape[0]} labels for split '{split}'"
+            f"{images_path}: expected uint8 images of 28x28, got shape {tuple(images.shape)}"
+        )
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected 1-d labels, got shape {tuple(labels.shape)}")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"{raw}: {images.shape[0]} images but {labels.shape[0]} labels for split "
+            f"'{split}' ({images_path.name}, {labels_path.name})"
         )
     labels = labels.long()
-    if labels.numel() and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{raw}: labels must be 0..9")
+    if labels.numel() and labels.max() > 9:
+        raise DataError(f"{labels_path}: labels must be 0..9, found {int(labels.max())}")
     return InMemoryDataset(images.contiguous(), labels, name, split)
 
 
@@ -140,6 +143,49 @@ def _missing_message(name: str, raw: Path, why: str) -> str:
         "folder, or point --data-dir / GENMNIST_DATA at a folder that holds "
         f"{raw.parent.name}/raw/"
     )
+
+
+def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read an uncompressed IDX file of unsigned bytes (the format MNIST ships in).
+
+    The header is checked against the file before any data is used: magic number, element
+    type (``0x08``, unsigned bytes), 1 to 4 dimensions, and a size that matches them
+    exactly.
+
+    Raises:
+        DataError: naming the file, if it cannot be read or is not such an IDX file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(4 + 4 * 255)  # the longest header there can be
+            ndim, offset = (head[3], 4 + 4 * head[3]) if len(head) >= 4 else (0, 4)
+            shape = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+            expected = offset + math.prod(shape)
+            data = None
+            if head[0:3] == b"\x00\x00\x08" and 1 <= ndim <= 4 and size == expected:
+                f.seek(offset)
+                data = bytearray(f.read())  # read only once the header fits the file
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(head) < 4 or head[0:2] != b"\x00\x00":
+        raise DataError(f"{path}: malformed IDX file (bad magic number)")
+    if head[2] != 0x08:
+        raise DataError(
+            f"{path}: malformed IDX file (element type 0x{head[2]:02x}; expected 0x08, "
+            "unsigned bytes)"
+        )
+    if not 1 <= ndim <= 4 or size < offset:
+        raise DataError(f"{path}: malformed IDX file ({ndim} dimensions, {size} bytes)")
+    if data is None or len(data) != expected - offset:
+        raise DataError(
+            f"{path}: malformed IDX file (the header says shape {shape}, "
+            f"{expected:,} bytes; the file has {size:,} bytes)"
+        )
+    if not data:  # no values (frombuffer refuses an empty buffer)
+        return torch.empty(shape, dtype=torch.uint8)
+    return torch.frombuffer(data, dtype=torch.uint8).view(shape)
 
 
 def write_idx(path: str | os.PathLike[str], tensor: torch.Tensor) -> None:

@@ -64,6 +64,10 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"{path}: file not found") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def save_tensors(
@@ -96,8 +100,11 @@ def load_tensors(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        head = f.read(len(_LFS_POINTER))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LFS_POINTER))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if head == _LFS_POINTER:
         raise CheckpointError(
             f"{path}: this is a Git LFS pointer, not the weights; run `git lfs pull`"

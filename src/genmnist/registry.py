@@ -198,7 +198,7 @@ class Registry(Generic[T]):
             obj = ep.load()
             if self._validate is not None:
                 self._validate(obj)
-        except Exception as exc:  # a plugin may fail in any way; it must not break us
+        except (Exception, SystemExit) as exc:  # a plugin may fail in any way (even exit)
             message = f"{source} failed to load: {type(exc).__name__}: {exc}"
             self._broken[ep.name] = message
             warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -41,7 +41,13 @@ from torch.optim.swa_utils import AveragedModel
 from genmnist import distributed
 from genmnist.data import InMemoryDataset, load_dataset
 from genmnist.errors import CheckpointError, ConfigError, TrainingError
-from genmnist.io import flatten_state, load_tensors, save_tensors, unflatten_state
+from genmnist.io import (
+    atomic_write,
+    flatten_state,
+    load_tensors,
+    save_tensors,
+    unflatten_state,
+)
 from genmnist.models.base import CONFIG_FILE, WEIGHTS_FILE, GenerativeModel
 from genmnist.registry import Registry
 
@@ -191,6 +197,46 @@ def _data_parallel(model: GenerativeModel, device: torch.device, phases: int):
     )
 
 
+def _is_number(value: Any, whole: bool = False) -> bool:
+    """An int (not a bool) or, unless ``whole``, a finite float."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return not whole and isinstance(value, float) and math.isfinite(value)
+
+
+def _check_recipe(cfg: Any) -> None:
+    """`ConfigError` for training fields shared by all model configs whose values the
+    optimizer, schedule or EMA cannot use (a hand-edited or damaged ``config.json``)."""
+    problems = []
+    if not (_is_number(cfg.batch_size, whole=True) and cfg.batch_size >= 1):
+        problems.append(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+    for name in ("lr", "weight_decay"):
+        value = getattr(cfg, name)
+        if not (_is_number(value) and value >= 0):
+            problems.append(f"{name} must be a finite number >= 0, got {value!r}")
+    betas = cfg.betas
+    if not (
+        isinstance(betas, list | tuple)
+        and len(betas) == 2
+        and all(_is_number(b) and 0 <= b < 1 for b in betas)
+    ):
+        problems.append(f"betas must be two numbers in [0, 1), got {betas!r}")
+    if not (_is_number(cfg.warmup_steps, whole=True) and cfg.warmup_steps >= 0):
+        problems.append(f"warmup_steps must be an integer >= 0, got {cfg.warmup_steps!r}")
+    if cfg.grad_clip is not None and not (_is_number(cfg.grad_clip) and cfg.grad_clip > 0):
+        problems.append(f"grad_clip must be a positive number or null, got {cfg.grad_clip!r}")
+    decay = cfg.ema_decay
+    if decay is not None and not (_is_number(decay) and 0 <= decay <= 1):
+        problems.append(f"ema_decay must be a number in [0, 1] or null, got {decay!r}")
+    for name in ("optimizer", "lr_schedule"):
+        if not isinstance(getattr(cfg, name), str):
+            problems.append(f"{name} must be a name, got {getattr(cfg, name)!r}")
+    if problems:
+        raise ConfigError("invalid training config: " + "; ".join(problems))
+
+
 #: Seconds a process whose error another process reports waits before raising it.
 QUIET_DELAY = 2.0
 
@@ -216,6 +262,11 @@ class Trainer:
         options: Run options.
         dataset: The training split; loaded from ``options`` when omitted.
         log: Where progress lines go (default: a rich console on stderr).
+
+    Raises:
+        ConfigError: the recipe fields shared by all configs (``batch_size``, ``lr``,
+            ``weight_decay``, ``betas``, ``warmup_steps``, ``grad_clip``, ``ema_decay``,
+            ``optimizer``, ``lr_schedule``, ``precision``) have unusable types or values.
     """
 
     def __init__(
@@ -240,6 +291,7 @@ class Trainer:
         )
         if cfg.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision must be auto, bf16 or fp32, got '{cfg.precision}'")
+        _check_recipe(cfg)
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ setup
@@ -258,7 +310,10 @@ class Trainer:
     def _epochs(self) -> int:
         if self.options.epochs is not None:
             return self.options.epochs
-        return int(getattr(self.model.config, "epochs", 10))
+        epochs = getattr(self.model.config, "epochs", 10)
+        if not _is_number(epochs, whole=True):
+            raise ConfigError(f"epochs must be an integer, got {epochs!r}")
+        return epochs
 
     def _build_optimizers(self, total_steps: int):
         cfg = self.model.config
@@ -290,6 +345,12 @@ class Trainer:
         tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
         if self.ema is not None:
             tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        for key, value in tensors.items():  # a finite loss can still give a step to inf
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise TrainingError(
+                    f"'{key}' became NaN or inf at step {state['step']}; stopped without "
+                    f"overwriting the last good checkpoint in {self.out}"
+                )
         header = {
             "version": CHECKPOINT_VERSION,
             "model": self.model.name,
@@ -302,14 +363,21 @@ class Trainer:
         save_tensors(self.out / WEIGHTS_FILE, exported.state_dict(), {"model": self.model.name})
 
     def _load_checkpoint(self) -> dict[str, Any]:
+        """Restore the run from ``checkpoint.safetensors``; returns its header.
+
+        Everything read is checked before use, so a damaged file gives a `CheckpointError`
+        naming it (never another exception, never a run that fails later).
+        """
         path = self.out / CHECKPOINT_FILE
         if not path.is_file():
             raise CheckpointError(f"--resume: no checkpoint at {path}; nothing to resume")
         tensors, metadata = load_tensors(path)
         try:
             header = json.loads(metadata["genmnist"])
-        except (KeyError, json.JSONDecodeError):
-            raise CheckpointError(f"{path}: not a genmnist training checkpoint") from None
+        except (KeyError, ValueError, RecursionError):
+            header = None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: not a genmnist training checkpoint")
         if header.get("version") != CHECKPOINT_VERSION:
             raise CheckpointError(f"{path}: unsupported checkpoint version {header.get('version')}")
         if (
@@ -320,6 +388,8 @@ class Trainer:
                 f"{path}: the checkpoint holds a '{header.get('model')}' run with another "
                 "config; resume with the run's own config (genmnist train reads it from the run)"
             )
+        if problem := _header_problem(header):
+            raise CheckpointError(f"{path}: {problem}")
         try:
             self.model.load_state_dict(
                 {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -330,11 +400,19 @@ class Trainer:
                 )
             state = unflatten_state(header["state"], tensors)
             for phase, optimizer in self.optimizers.items():
-                optimizer.load_state_dict(state["optimizers"][phase])
+                saved = state["optimizers"][phase]
+                _check_optimizer_state(optimizer, saved, f"optimizers.{phase}")
+                optimizer.load_state_dict(saved)
             for phase, scheduler in self.schedulers.items():
-                scheduler.load_state_dict(state["schedulers"][phase])
+                saved = state["schedulers"][phase]
+                _check_like(scheduler.state_dict(), saved, f"schedulers.{phase}")
+                scheduler.load_state_dict(saved)
             torch.set_rng_state(state["rng"]["torch"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        except (
+            KeyError, IndexError, TypeError, AttributeError, RuntimeError, ValueError, OverflowError
+        ) as exc:  # fmt: skip
             raise CheckpointError(f"{path}: checkpoint does not fit this model ({exc})") from None
         return header
 
@@ -368,10 +446,13 @@ class Trainer:
 
         Raises:
             TrainingInterrupted: after SIGINT/SIGTERM, once a checkpoint is written.
-            TrainingError: when the loss is NaN/inf (unless ``skip_nonfinite``).
-            CheckpointError: ``resume`` without a usable checkpoint, or a fresh run into a
-                folder that already holds one.
-            ConfigError: a batch size that the number of processes does not divide.
+            TrainingError: when the loss is NaN/inf (unless ``skip_nonfinite``), or the
+                weights or optimizer state about to be checkpointed are; the last
+                checkpoint is left as it was.
+            CheckpointError: ``resume`` without a usable checkpoint (missing, damaged, or
+                of another run), or a fresh run into a folder that already holds one.
+            ConfigError: training fields of the config with unusable values (see
+                `Trainer`), or a batch size that the number of processes does not divide.
         """
         created_group = distributed.setup(self.device)
         try:
@@ -444,8 +525,8 @@ class Trainer:
             step = resumed_from = int(header["step"])
             if header.get("dataset", opts.dataset) != opts.dataset:
                 raise CheckpointError(
-                    f"{self.out} was trained on {header['dataset']}; resume it with "
-                    f"--dataset {header['dataset']}"
+                    f"{self.out / CHECKPOINT_FILE}: the run was trained on {header['dataset']}; "
+                    f"resume it with --dataset {header['dataset']}"
                 )
             if header.get("seed") != opts.seed:
                 self.log(f"note: the run used seed {header.get('seed')}; keeping it")
@@ -746,7 +827,8 @@ class Trainer:
             for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and _record_step(line) <= step
         ]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        text = "".join(line + "\n" for line in kept)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def _write_curves(self) -> None:
         from genmnist.viz import save_curves
@@ -758,6 +840,72 @@ class Trainer:
                 if key.endswith("loss") and isinstance(value, int | float):
                     series.setdefault(key, []).append((record["step"], float(value)))
         save_curves(series, self.out / CURVE_FILE, title=f"{self.model.name} training loss")
+
+
+def _header_problem(header: dict[str, Any]) -> str | None:
+    """What is wrong with the values of a checkpoint header that the loop uses, if anything."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    step, seed, world_size = header.get("step"), header.get("seed"), header.get("world_size", 1)
+    if not whole(step) or step < 0:
+        return f"invalid step {step!r} in the checkpoint header"
+    if not whole(seed) or not -(2**63) <= seed * 100_003 < 2**63:  # seeds the loop can use
+        return f"invalid seed {seed!r} in the checkpoint header"
+    if header.get("dataset", "mnist") not in ("mnist", "fashion-mnist"):
+        return f"invalid dataset {header.get('dataset')!r} in the checkpoint header"
+    if not whole(world_size) or world_size < 1:
+        return f"invalid world_size {world_size!r} in the checkpoint header"
+    if not isinstance(header.get("state"), dict):
+        return "the checkpoint header holds no training state"
+    return None
+
+
+def _check_like(reference: Any, value: Any, where: str) -> None:
+    """Raise `CheckpointError` unless the saved ``value`` looks like ``reference`` (the
+    state of a fresh optimizer or scheduler): values of the same types under the keys both
+    have, lists of the same length, tensors of the same shape, finite numbers. Keys only
+    one side has are left to the loader (PyTorch fills in keys older versions lack)."""
+    if isinstance(reference, dict):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"'{where}' should be a mapping, got {type(value).__name__}")
+        for key in reference.keys() & value.keys():
+            _check_like(reference[key], value[key], f"{where}.{key}")
+    elif isinstance(reference, list | tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(reference):
+            raise CheckpointError(f"'{where}' should be a list of {len(reference)} values")
+        for i, (a, b) in enumerate(zip(reference, value, strict=True)):
+            _check_like(a, b, f"{where}.{i}")
+    elif isinstance(reference, torch.Tensor):
+        if not isinstance(value, torch.Tensor) or value.shape != reference.shape:
+            raise CheckpointError(f"'{where}' should be a tensor of shape {tuple(reference.shape)}")
+    else:  # a float may be saved as an int; None stands for an unset flag
+        allowed = {float: (int, float), type(None): (type(None), bool)}.get(
+            type(reference), (type(reference),)
+        )
+        if type(value) not in allowed or (isinstance(value, float) and not math.isfinite(value)):
+            raise CheckpointError(f"'{where}' has an invalid value {value!r}")
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, where: str) -> None:
+    """`_check_like` for an optimizer's state: its hyper-parameters against a fresh one's,
+    and each parameter's tensors (scalars, or the parameter's shape)."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise CheckpointError(f"'{where}' is not an optimizer state")
+    _check_like(optimizer.state_dict()["param_groups"], saved.get("param_groups"), where)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params):
+            raise CheckpointError(f"'{where}' holds state for an unknown parameter {index!r}")
+        if not isinstance(values, dict):
+            raise CheckpointError(f"'{where}.state.{index}' is not a mapping")
+        for key, value in values.items():
+            shape = params[index].shape
+            if not isinstance(value, torch.Tensor) or (value.ndim and value.shape != shape):
+                raise CheckpointError(
+                    f"'{where}.state.{index}.{key}' should be a tensor of shape {tuple(shape)}"
+                )
 
 
 def _record_step(line: str) -> float:
