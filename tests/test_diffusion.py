@@ -84,6 +84,45 @@ def test_spaced_timesteps_cover_both_ends_for_any_count():
             spaced_timesteps(1000, bad)
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+def test_log_snr_spacing_is_even_in_log_snr_after_the_first_step(name):
+    schedule = SCHEDULES.create(name, timesteps=1000)
+    for steps in (3, 8, 12, 25, 100, 999, 1000):
+        ts = spaced_timesteps(1000, steps, "log-snr", schedule)
+        assert len(ts) == steps and ts[0] == 999 and ts[-1] == 0
+        assert torch.all(ts[1:] < ts[:-1])
+    ts = spaced_timesteps(1000, 12, "log-snr", schedule)
+    gaps = schedule.log_snr(ts[2:]) - schedule.log_snr(ts[1:-1])
+    # Equal log-SNR gaps up to rounding to integer steps, which is coarse at both ends
+    # (one step of t spans much log-SNR there).
+    assert torch.all(gaps > 0)
+    assert gaps[2:-2].std() / gaps[2:-2].mean() < 0.1
+    assert not torch.equal(ts, spaced_timesteps(1000, 12))
+
+
+def test_unknown_spacing_and_missing_schedule_are_errors():
+    with pytest.raises(ConfigError, match="unknown step spacing"):
+        spaced_timesteps(1000, 10, "karras-ish")
+    with pytest.raises(ConfigError, match="needs the noise schedule"):
+        spaced_timesteps(1000, 10, "log-snr")
+    with pytest.raises(ConfigError, match="unknown step spacing"):
+        create_model("ddpm", **TINY, spacing="nope")
+
+
+def test_log_snr_spacing_helps_dpm_solver_at_few_steps():
+    # On Gaussian data the exact probability-flow endpoint is known; with 8 steps,
+    # log-SNR spacing is much closer to it than uniform spacing (measured ~6x closer).
+    schedule = SCHEDULES.create("cosine", timesteps=1000)
+    x_T = torch.randn(512, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    exact = exact_ode_endpoint(schedule, x_T)
+    errors = {}
+    for spacing in ("uniform", "log-snr"):
+        ts = spaced_timesteps(1000, 8, spacing, schedule)
+        out = SAMPLERS.get("dpmpp-2m")(gaussian_denoiser(schedule), x_T.clone(), schedule, ts)
+        errors[spacing] = (out - exact).abs().mean().item()
+    assert errors["log-snr"] < errors["uniform"] / 2, errors
+
+
 # ---------------------------------------------------------------- samplers
 MU, STD = 0.3, 0.5  # data: every pixel independent N(MU, STD^2)
 
@@ -258,6 +297,21 @@ def test_ddpm_sampling_options_are_checked():
         model.sample(2, temperature=0.5)
     with pytest.raises(ConfigError):
         model.sample(2, steps=51)
+    with pytest.raises(ConfigError, match="precision"):
+        model.sample(2, precision="fp8")
+
+
+def test_ddpm_samples_in_bf16_by_default_close_to_fp32():
+    torch.manual_seed(0)
+    model = create_model("ddpm", **TINY)
+    for p in model.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    assert model.sampling_precision == "bf16"
+    default = model.sample(4, seed=3, steps=5)
+    assert torch.equal(default, model.sample(4, seed=3, steps=5, precision="bf16"))
+    full = model.sample(4, seed=3, steps=5, precision="fp32")
+    assert not torch.equal(default, full)
+    assert (default - full).abs().mean() < 0.05
 
 
 # ---------------------------------------------------------------- the command line
@@ -284,6 +338,7 @@ def test_cli_samples_with_sampler_steps_guidance_and_gif(capsys, tmp_path, tiny_
     code, out, err = _cli(
         capsys, "sample", "ddpm-cfg", "--checkpoint", tiny_cfg_checkpoint, "-n", "4",
         "--label", "3", "--sampler", "ddim", "--steps", "3", "--guidance", "1.5",
+        "--spacing", "log-snr",
         "--gif", gif, "-o", grid, "--seed", "0",
     )  # fmt: skip
     assert code == 0, err
@@ -298,6 +353,7 @@ def test_cli_samples_with_sampler_steps_guidance_and_gif(capsys, tmp_path, tiny_
         (["--guidance", "2"], "takes no --guidance"),
         (["--sampler", "dpmpp-3m"], "unknown sampler 'dpmpp-3m'"),
         (["--steps", "0"], "--steps"),
+        (["--spacing", "karras"], "unknown --spacing 'karras'"),
     ],
 )
 def test_cli_diffusion_options_are_checked(capsys, tmp_path, args, fragment):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -405,3 +406,28 @@ def test_interpolate_latents_errors():
         interpolate_latents(a, b, 1)
     with pytest.raises(ConfigError, match="unknown interpolation method 'cubic'"):
         interpolate_latents(a, b, 3, "cubic")
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("beta", "x", "must be a number"),
+        ("beta", True, "must be a number"),
+        ("kl_warmup_steps", 1.5, "must be an integer"),
+        ("num_classes", True, "must be an integer"),
+        ("hidden_dims", [16, "a"], "tuple[int, ...]"),
+        ("betas", [0.9], "tuple[float, float]"),
+        ("grad_clip", "1", "float | None"),
+        ("encoder", 3, "must be a string"),
+    ],
+)
+def test_config_fields_are_type_checked(field, value, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        VAEConfig.from_dict({field: value})
+    with pytest.raises(ConfigError, match=field):
+        create_model("vae-mlp", **{field: value})
+
+
+def test_config_type_check_accepts_json_spellings():
+    cfg = VAEConfig.from_dict({"beta": 2, "hidden_dims": [8, 16], "grad_clip": None})
+    assert cfg.beta == 2 and cfg.hidden_dims == (8, 16) and cfg.grad_clip is None

@@ -78,10 +78,16 @@ def list_models(
     with warnings.catch_warnings():  # plugin problems are listed below the table instead
         warnings.simplefilter("ignore", RuntimeWarning)
         names = MODELS.list(pattern)
+    broken = {}
     for name in names:
         entry = MODELS.entry(name)
-        conditional = _default_config(entry).get("num_classes", 0) > 0
-        shipped = [d for d in DATASETS if pretrained_dir(name, d) is not None]
+        try:  # a plugin's class can fail in any way here; list the others regardless
+            conditional = _default_config(entry).get("num_classes", 0) > 0
+            shipped = [d for d in DATASETS if pretrained_dir(name, d) is not None]
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            broken[name] = f"{entry.source}: model '{name}' is unusable: {reason}"
+            continue
         table.add_row(
             name,
             "yes" if conditional else "no",
@@ -91,7 +97,7 @@ def list_models(
         )
     console = _console()
     console.print(table)
-    for name, problem in MODELS.problems().items():
+    for name, problem in {**MODELS.problems(), **broken}.items():
         if _matches(name, pattern):
             console.print(f"[yellow]warning[/]: {problem}")
 
@@ -107,7 +113,7 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name.")]) ->
     """Show a model's description, default config, size and shipped weights."""
     from rich.table import Table
 
-    from genmnist.models import DATASETS, create_model, pretrained_dir
+    from genmnist.models import DATASETS, create_model, model_card, pretrained_dir
 
     entry = _model_entry(name)
     model = create_model(name)
@@ -121,12 +127,47 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name.")]) ->
     for dataset in DATASETS:
         folder = pretrained_dir(name, dataset)
         console.print(f"pretrained ({dataset}): {folder if folder else 'none'}")
+        card = model_card(name, dataset) if folder else None
+        if card:
+            console.print(_card_summary(card), highlight=False)
     table = Table(
         "config field", "default", title="config (override with genmnist train --config FILE)"
     )
     for key, value in model.config.to_dict().items():
         table.add_row(key, repr(value))
     console.print(table)
+
+
+def _card_summary(card: dict) -> str:
+    """A few lines of a model card: training and the measured metrics beside the floor."""
+    lines = []
+    training = card.get("training") or {}
+    if training:
+        minutes = (training.get("seconds") or 0) / 60
+        lines.append(
+            f"  trained: {training.get('steps', '?'):,} steps ({training.get('epochs')} epochs) "
+            f"in {minutes:.0f} min on {training.get('machine', 'CPU')}"
+        )
+        lines.append(f"  recipe: {training.get('command')}")
+    evaluation = card.get("evaluation") or {}
+    metrics = evaluation.get("metrics") or {}
+    shown = []
+    for key, label, fmt in (
+        ("fid", "FID", ".2f"),
+        ("acceptability", "acceptability", ".1%"),
+        ("precision", "precision", ".3f"),
+        ("recall", "recall", ".3f"),
+        ("conditional_accuracy", "conditional accuracy", ".1%"),
+    ):
+        if metrics.get(key) is not None:
+            text = f"{label} {format(metrics[key], fmt)}"
+            if metrics.get(f"{key}_floor") is not None:
+                text += f" (real data {format(metrics[f'{key}_floor'], fmt)})"
+            shown.append(text)
+    if shown:
+        lines.append(f"  measured (n={metrics.get('n', '?'):,}): " + ", ".join(shown))
+        lines.append(f"  reproduce: {evaluation.get('command')}")
+    return "\n".join(lines)
 
 
 @app.command()
@@ -161,6 +202,7 @@ def train(
     if nproc is not None and nproc > 1:
         raise typer.Exit(_launch_torchrun(ctx, nproc))
     out = out or Path("runs") / name
+    _check_writable(out, "--out")
     from genmnist.io import read_json
     from genmnist.models import create_model
     from genmnist.models.base import CONFIG_FILE
@@ -201,6 +243,25 @@ def train(
         if not getattr(exc, "rank_quiet", False):  # under torchrun, rank 0 says it
             _console().print(f"[yellow]{exc}[/]")
         raise typer.Exit(130) from None
+    except OSError as exc:  # reads are checked (DataError, CheckpointError): a failed write
+        raise GenmnistError(f"cannot write the run in {out}: {_os_reason(exc)}") from None
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    """Fail early, in one line, if files cannot be written in ``folder`` (which need not
+    exist yet: it is created with its parents)."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise GenmnistError(f"{option}: cannot write under {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GenmnistError(f"{option}: cannot write under {folder}: {existing} is read-only")
+
+
+def _os_reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
 def _launch_torchrun(ctx, nproc: int) -> int:
@@ -261,6 +322,9 @@ def sample(
         str | None, typer.Option(help="Diffusion sampler: ddim, dpmpp-2m, ddpm, euler, heun.")
     ] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Diffusion sampling steps.")] = None,
+    spacing: Annotated[
+        str | None, typer.Option(help="Diffusion step spacing: uniform or log-snr.")
+    ] = None,
     guidance: Annotated[
         float | None, typer.Option(min=0.0, help="Classifier-free guidance scale.")
     ] = None,
@@ -284,6 +348,11 @@ def sample(
         )
     if checkpoint is not None and not checkpoint.is_dir():
         raise GenmnistError(f"--checkpoint: {checkpoint} is not a folder")
+    for option, target in (("--output", output), ("--gif", gif)):
+        if target is not None and target.is_dir():
+            raise GenmnistError(f"{option}: {target} is a folder; give a file name")
+        if target is not None:
+            _check_writable(target.parent, option)
     import random
 
     from genmnist.models import load
@@ -294,7 +363,9 @@ def sample(
         raise UsageProblem(f"{checkpoint} holds a '{model.name}' model, not '{name}'")
     if label is not None:
         _check_label(name, label, model.config.num_classes)
-    options = _sampling_options(model, sampler=sampler, steps=steps, guidance=guidance, gif=gif)
+    options = _sampling_options(
+        model, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance, gif=gif
+    )
     if seed is None:
         seed = random.randrange(2**31)
     default_rows = 10 if model.conditional and label is None else 8
@@ -311,11 +382,15 @@ def sample(
 
         options["callback"] = keep_frame
     images = model.sample(n, labels=label, seed=seed, batch_size=batch_size, **options)
-    path = save_samples(images, output, fmt=fmt, nrow=nrow or default_rows)
-    if gif is not None:
-        from genmnist.viz import save_gif
+    try:
+        path = save_samples(images, output, fmt=fmt, nrow=nrow or default_rows)
+        if gif is not None:
+            from genmnist.viz import save_gif
 
-        save_gif(frames, gif)
+            save_gif(frames, gif)
+    except OSError as exc:
+        raise GenmnistError(f"cannot write the samples: {_os_reason(exc)}") from None
+    if gif is not None:
         _console().print(f"Saved the denoising trajectory to {gif}")
     _console().print(f"Saved {n} samples of {name} (seed {seed}) to {path}")
 
@@ -345,6 +420,13 @@ def _sampling_options(model, **given) -> dict:
                 SAMPLERS.get(value)
             except RegistryError as exc:
                 raise UsageProblem(str(exc)) from None
+        if flag == "spacing":
+            from genmnist.diffusion.samplers import SPACINGS
+
+            if value not in SPACINGS:
+                raise UsageProblem(
+                    f"unknown --spacing '{value}'; choose from {', '.join(SPACINGS)}"
+                )
         if flag == "guidance" and not model.conditional:
             raise UsageProblem(f"'{model.name}' is unconditional: it takes no --guidance")
         if flag != "gif":
@@ -363,6 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``genmnist`` script."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = os.environ.get("GENMNIST_DEBUG", "") not in ("", "0")
+    previous_format = warnings.formatwarning
+    if not debug:  # warnings (a broken plugin...) in one line too, without source lines
+        warnings.formatwarning = _one_line_warning
     try:
         code = app(args=args or ["--help"], prog_name="genmnist", standalone_mode=False)
     except GenmnistError as exc:
@@ -383,7 +468,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         else:  # keep tracebacks away from users unless asked for
             code = _fail(f"unexpected {type(exc).__name__}: {exc} (GENMNIST_DEBUG=1 shows more)", 1)
+    finally:
+        warnings.formatwarning = previous_format
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    text = str(message).strip()
+    return f"warning: {text.splitlines()[0] if text else category.__name__}\n"
 
 
 def _fail(message: str, code: int) -> int:

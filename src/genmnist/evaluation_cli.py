@@ -157,6 +157,9 @@ def eval_command(
     floor: Annotated[bool, typer.Option(help="Compute the real-data floor.")] = True,
     sampler: Annotated[str | None, typer.Option(help="Diffusion sampler.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Diffusion sampling steps.")] = None,
+    spacing: Annotated[
+        str | None, typer.Option(help="Diffusion step spacing: uniform or log-snr.")
+    ] = None,
     guidance: Annotated[
         float | None, typer.Option(min=0.0, help="Classifier-free guidance scale.")
     ] = None,
@@ -166,7 +169,9 @@ def eval_command(
     _check_dataset(dataset)
     err = _err_console()
     model, run_dir, _ = _resolve(name, checkpoint, dataset)
-    options = _sampling_options(model, sampler=sampler, steps=steps, guidance=guidance)
+    options = _sampling_options(
+        model, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance
+    )
     result = _evaluate(
         model,
         run_dir,

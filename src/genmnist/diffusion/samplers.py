@@ -35,18 +35,55 @@ Callback = Callable[[int, torch.Tensor, torch.Tensor], None] | None
 SAMPLERS: Registry = Registry("sampler")
 
 
-def spaced_timesteps(total: int, steps: int) -> torch.Tensor:
-    """``steps`` descending, evenly spaced steps from ``total - 1`` down to 0, both included.
+def spaced_timesteps(
+    total: int,
+    steps: int,
+    spacing: str = "uniform",
+    schedule: NoiseSchedule | None = None,
+) -> torch.Tensor:
+    """``steps`` distinct descending steps from ``total - 1`` down to 0, both included.
 
     Starting exactly at the last step matters: spacings that start below it (the
     "leading" spacing of some DDIM implementations) never begin from pure noise and waste
     one step at the clean end.
+
+    Args:
+        total: Number of steps ``T`` of the schedule.
+        steps: How many steps to visit (1..``T``).
+        spacing: ``"uniform"``: evenly spaced in ``t``. ``"log-snr"``: evenly spaced in
+            log signal-to-noise ratio between ``t = T - 2`` and 0, plus ``T - 1`` first (the
+            spacing DPM-Solver recommends for low-resolution images; the first step is kept
+            separate because a cosine schedule's last step has an extreme log-SNR that
+            would otherwise pull every step towards pure noise). Needs ``schedule``.
+        schedule: The schedule, for log-SNR spacing.
     """
     if not 1 <= steps <= total:
         raise ConfigError(f"steps must be in 1..{total}, got {steps}")
+    if spacing not in SPACINGS:
+        raise ConfigError(f"unknown step spacing '{spacing}' (choose from {', '.join(SPACINGS)})")
     if steps == 1:
         return torch.tensor([total - 1])
-    return torch.linspace(total - 1, 0, steps, dtype=torch.float64).round().long()
+    if spacing == "uniform" or steps == 2:
+        return torch.linspace(total - 1, 0, steps, dtype=torch.float64).round().long()
+    if schedule is None:
+        raise ConfigError(f"'{spacing}' step spacing needs the noise schedule")
+    grid = schedule.log_snr(torch.arange(total - 1))  # increasing in log-SNR as t falls
+    targets = torch.linspace(float(grid[-1]), float(grid[0]), steps - 1, dtype=torch.float64)
+    # log-SNR decreases with t: flip so searchsorted sees an ascending sequence.
+    ascending = grid.flip(0)
+    index = torch.searchsorted(ascending, targets).clamp(max=total - 2)
+    chosen = [total - 1] + (total - 2 - index).tolist()
+    # Keep the steps strictly descending and ending at 0 (rounding can collide).
+    chosen[-1] = 0
+    for i in range(len(chosen) - 2, 0, -1):
+        chosen[i] = max(chosen[i], chosen[i + 1] + 1)
+    for i in range(1, len(chosen)):
+        chosen[i] = min(chosen[i], chosen[i - 1] - 1)
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+#: Names of the step spacings `spaced_timesteps` knows.
+SPACINGS = ("uniform", "log-snr")
 
 
 def _coefficients(schedule: NoiseSchedule, t: int, x: torch.Tensor):

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from genmnist.errors import CheckpointError, ConfigError, RegistryError
+from genmnist.errors import CheckpointError, ConfigError, GenmnistError, RegistryError
 from genmnist.models.base import (
     CONFIG_FILE,
     CONFIG_FORMAT,
@@ -39,6 +39,7 @@ __all__ = [
     "VAEConfig",
     "create_model",
     "load",
+    "model_card",
     "pretrained_dir",
 ]
 
@@ -53,10 +54,15 @@ def create_model(name: str, **overrides: Any) -> GenerativeModel:
     entry = MODELS.entry(name)
     try:
         model = MODELS.create(name, **overrides)
-    except ConfigError:
+    except GenmnistError:
         raise
-    except TypeError as exc:  # a plugin class with an unexpected signature
-        raise ConfigError(f"cannot build model '{name}' from {entry.source}: {exc}") from None
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        # a plugin class with an unexpected signature, or config values of the wrong type
+        # or size (torch refuses a negative or impossibly large layer)
+        raise ConfigError(
+            f"cannot build model '{name}' from {entry.source}: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        ) from None
     if not isinstance(model, GenerativeModel):
         raise RegistryError(
             f"model '{name}' from {entry.source} built a {type(model).__name__}, "
@@ -79,6 +85,29 @@ def pretrained_dir(name: str, dataset: str = "mnist") -> Path | None:
     if not (folder / CONFIG_FILE).is_file():
         return None
     return Path(str(folder))
+
+
+CARD_FILE = "card.json"
+
+
+def model_card(name: str, dataset: str = "mnist") -> dict[str, Any] | None:
+    """The model card shipped with ``name``'s weights on ``dataset``, or None.
+
+    A card (``card.json`` beside the weights) records how the weights were trained
+    (``training``: command, recipe, seed, steps, seconds) and what `genmnist eval`
+    measured for them (``evaluation``: the metrics with their real-data floor, at
+    10,000 samples), plus optional ``sweeps`` over sampling settings. The docs' model
+    cards are generated from these files.
+    """
+    folder = pretrained_dir(name, dataset)
+    if folder is None or not (folder / CARD_FILE).is_file():
+        return None
+    from genmnist.io import read_json
+
+    card = read_json(folder / CARD_FILE)
+    if not isinstance(card, dict) or card.get("format") != "genmnist-card":
+        raise CheckpointError(f"{folder / CARD_FILE}: not a genmnist model card")
+    return card
 
 
 def load(name_or_path: str | os.PathLike[str], dataset: str = "mnist") -> GenerativeModel:
@@ -126,7 +155,7 @@ def _load_folder(folder: Path) -> GenerativeModel:
     except RegistryError as exc:
         raise CheckpointError(f"{config_path}: {exc}") from None
     version = record.get("config_version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(f"{config_path}: missing or invalid 'config_version'")
     if version > cls.config_version:
         raise CheckpointError(
@@ -139,7 +168,7 @@ def _load_folder(folder: Path) -> GenerativeModel:
     config = cls.migrate_config(config, version)
     try:
         model = create_model(name, **config)
-    except ConfigError as exc:
+    except (ConfigError, RegistryError) as exc:  # RegistryError: e.g. an unknown encoder name
         raise CheckpointError(f"{config_path}: {exc}") from None
     model.load_weights(folder / WEIGHTS_FILE)
     model.eval()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,16 +93,62 @@ class ModelConfig:
                 f"unknown {cls.__name__} field(s): {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(names))}"
             )
+        hints = typing.get_type_hints(cls)
         values = {}
         for f in dataclasses.fields(cls):
             if f.name in data:
                 value = data[f.name]
+                if not _fits(value, hints.get(f.name, Any)):
+                    raise ConfigError(
+                        f"{cls.__name__} field '{f.name}' must be "
+                        f"{_describe(hints[f.name])}, got {value!r}"[:300]
+                    )
                 values[f.name] = tuple(value) if isinstance(value, list) else value
         return cls(**values)
 
     def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with some fields changed (unknown names raise `ConfigError`)."""
         return type(self).from_dict({**self.to_dict(), **overrides})
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a config field's annotation (ints count as floats;
+    bools are not numbers; lists stand for tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple or hint is tuple:
+        if not isinstance(value, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return not args or (
+            len(args) == len(value) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+        )
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if origin is list or hint is list:
+        return isinstance(value, list | tuple)
+    return True  # an annotation this check does not know: leave it to the model
+
+
+def _describe(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if hint in names:
+        return names[hint]
+    return str(hint).replace("typing.", "")
 
 
 def _jsonable(value: Any) -> Any:
@@ -172,6 +220,9 @@ class GenerativeModel(nn.Module):
     pretrained_package: ClassVar[str] = "genmnist.pretrained"
     #: Whether bf16 autocast speeds up training on CPU (``precision="auto"``), as measured.
     bf16_helps: ClassVar[bool] = False
+    #: Precision `sample` uses by default: ``"bf16"`` (autocast; measured about 4x faster
+    #: for the diffusion U-Net on CPU at equal sample quality) or ``"fp32"``.
+    sampling_precision: ClassVar[str] = "fp32"
     #: Extra keyword options `sample` accepts and passes to `generate`
     #: (e.g. ``sampler``, ``steps``, ``guidance`` for diffusion models).
     sampling_options: ClassVar[tuple[str, ...]] = ()
@@ -215,6 +266,7 @@ class GenerativeModel(nn.Module):
         *,
         seed: int | None = None,
         batch_size: int = 1000,
+        precision: str | None = None,
         **options: Any,
     ) -> torch.Tensor:
         """Draw ``n`` images, a float tensor ``(n, 1, 28, 28)`` in ``[0, 1]`` on the CPU.
@@ -228,6 +280,8 @@ class GenerativeModel(nn.Module):
             seed: Makes sampling reproducible; sample ``i`` is identical whatever ``n``
                 and ``batch_size`` are.
             batch_size: Images generated at once (bounds memory for large ``n``).
+            precision: ``"bf16"`` (autocast) or ``"fp32"``; default: the model's
+                `sampling_precision`.
             **options: Model-specific options named in `sampling_options`.
         """
         if n <= 0:
@@ -241,13 +295,17 @@ class GenerativeModel(nn.Module):
                 f"model '{self.name}' takes no sampling option {', '.join(unknown)} "
                 f"(it takes: {takes})"
             )
+        precision = precision or self.sampling_precision
+        if precision not in ("bf16", "fp32"):
+            raise ConfigError(f"precision must be 'bf16' or 'fp32', got '{precision}'")
         label_tensor = self._check_labels(n, labels)
         seeds = SampleNoise.sample_seeds(n, generator, seed)
         was_training = self.training
         self.eval()
         out = []
         try:
-            with torch.inference_mode():
+            autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=precision == "bf16")
+            with torch.inference_mode(), autocast:
                 for start in range(0, n, batch_size):
                     stop = min(n, start + batch_size)
                     noise = SampleNoise(seeds[start:stop], self.device)

@@ -47,6 +47,8 @@ class DDPMConfig(ModelConfig):
             the unconditional model that classifier-free guidance needs.
         sampler: Default sampler name.
         sampling_steps: Default number of sampling steps.
+        spacing: How the sampling steps are spread over ``t`` (``uniform`` or ``log-snr``,
+            see `spaced_timesteps`).
         guidance_scale: Default classifier-free guidance scale (conditional models).
         epochs: Default number of training epochs.
     """
@@ -63,6 +65,7 @@ class DDPMConfig(ModelConfig):
     label_dropout: float = 0.1
     sampler: str = "dpmpp-2m"
     sampling_steps: int = 20
+    spacing: str = "uniform"
     guidance_scale: float = 2.0
     epochs: int = 10
     lr: float = 2e-3
@@ -80,7 +83,8 @@ class DDPM(GenerativeModel):
     config_class = DDPMConfig
     default_name = "ddpm"
     bf16_helps = True
-    sampling_options = ("sampler", "steps", "guidance", "callback")
+    sampling_precision = "bf16"
+    sampling_options = ("sampler", "steps", "spacing", "guidance", "callback")
     config: DDPMConfig
 
     def __init__(self, config: DDPMConfig | None = None, **overrides) -> None:
@@ -90,6 +94,7 @@ class DDPM(GenerativeModel):
         self.objective = OBJECTIVES.get(cfg.objective)
         self.weighting = DIFFUSION_WEIGHTINGS.get(cfg.loss_weighting)
         SAMPLERS.get(cfg.sampler)  # fail early on an unknown default sampler
+        spaced_timesteps(cfg.timesteps, min(2, cfg.timesteps), cfg.spacing)  # ...and spacing
         if not 0.0 <= cfg.label_dropout < 1.0:
             raise ConfigError("label_dropout must be in [0, 1)")
         self.unet = UNet(
@@ -145,6 +150,7 @@ class DDPM(GenerativeModel):
         labels: torch.Tensor | None,
         sampler: str | None = None,
         steps: int | None = None,
+        spacing: str | None = None,
         guidance: float | None = None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
@@ -155,12 +161,18 @@ class DDPM(GenerativeModel):
             labels: Class labels (conditional models).
             sampler: Sampler name (default: the config's).
             steps: Number of sampling steps (default: the config's).
+            spacing: Step spacing (default: the config's).
             guidance: Classifier-free guidance scale (conditional models only).
             callback: ``callback(i, x_t, x0_hat)`` after each step, images in ``[0, 1]``.
         """
         cfg = self.config
         sample_fn = SAMPLERS.get(sampler or cfg.sampler)
-        timesteps = spaced_timesteps(self.schedule.timesteps, steps or cfg.sampling_steps)
+        timesteps = spaced_timesteps(
+            self.schedule.timesteps,
+            steps or cfg.sampling_steps,
+            spacing or cfg.spacing,
+            self.schedule,
+        )
         if self.conditional:
             scale = cfg.guidance_scale if guidance is None else guidance
             denoise = classifier_free_guidance(self.predict_x0, labels, self.null_label, scale)

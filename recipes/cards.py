@@ -1,0 +1,252 @@
+"""Fill the shipped models' cards with measured numbers and render the docs page.
+
+    # 1. measure every shipped model (the comparison page is this report)
+    genmnist compare vae-mlp vae-conv cvae gan-mlp dcgan cgan ddpm ddpm-cfg \
+        -n 10000 -o docs/comparison/mnist
+    python recipes/cards.py metrics docs/comparison/mnist/metrics.json
+    # 2. sampling trade-offs of the diffusion models (smaller n: FID is biased upwards)
+    python recipes/cards.py sweep ddpm --steps 5 8 10 15 20 50 -n 2000
+    python recipes/cards.py sweep ddpm-cfg --guidance 1 1.5 2 3 4 -n 2000
+    # 3. the docs page
+    python recipes/cards.py docs
+
+The training half of a card is written by ``recipes/export.py``. Everything here goes
+through `genmnist.metrics.evaluate` with seed 0, so ``genmnist eval NAME`` reproduces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = REPO / "src" / "genmnist" / "pretrained"
+DOCS_PAGE = REPO / "docs" / "pretrained.md"
+DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+#: Metrics a card shows, in order: key, label, format.
+CARD_METRICS = [
+    ("fid", "FID", ".2f"),
+    ("kid", "KID", ".4f"),
+    ("precision", "precision", ".3f"),
+    ("recall", "recall", ".3f"),
+    ("acceptability", "acceptability (confidence >= 0.9)", ".1%"),
+    ("inception_score", "classifier IS", ".2f"),
+    ("coverage", "class coverage", ".2f"),
+    ("rarest_class_share", "rarest class share", ".1%"),
+    ("conditional_accuracy", "conditional accuracy", ".1%"),
+    ("elbo", "test ELBO (nats / image)", ".1f"),
+    ("images_per_second", "sampling images / s (CPU, batch 1000)", ",.0f"),
+]
+
+
+def card_path(dataset: str, name: str) -> Path:
+    return PACKAGE_ROOT / dataset / name / "card.json"
+
+
+def read_card(dataset: str, name: str) -> dict[str, Any]:
+    path = card_path(dataset, name)
+    if not path.is_file():
+        raise SystemExit(f"{path}: no card; export the run first (recipes/export.py)")
+    return json.loads(path.read_text())
+
+
+def write_card(card: dict[str, Any]) -> None:
+    path = card_path(card["dataset"], card["model"])
+    path.write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {path.relative_to(REPO)}")
+
+
+def eval_command(name: str, dataset: str, n: int, extra: str = "") -> str:
+    command = f"genmnist eval {name} -n {n}"
+    if dataset != "mnist":
+        command += f" --dataset {dataset}"
+    return command + extra
+
+
+def rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    return value
+
+
+def cmd_metrics(args: argparse.Namespace) -> None:
+    results = json.loads(Path(args.report).read_text())
+    for result in results.values():
+        name, dataset = result["model"], result["dataset"]
+        card = read_card(dataset, name)
+        keep = {k: rounded(v) for k, v in result.items() if not isinstance(v, list | dict)}
+        card["evaluation"] = {
+            "command": eval_command(name, dataset, result["n"]),
+            "metrics": keep,
+        }
+        write_card(card)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    import genmnist
+    from genmnist.metrics import evaluate
+
+    card = read_card(args.dataset, args.name)
+    model = genmnist.load(args.name, dataset=args.dataset)
+    if args.steps:
+        option, values = "steps", [int(v) for v in args.steps]
+    else:
+        option, values = "guidance", [float(v) for v in args.guidance]
+    fixed = dict(item.split("=", 1) for item in args.set)
+    rows = []
+    for value in values:
+        result = evaluate(
+            model, args.dataset, args.n, floor=False, sample_options={**fixed, option: value}
+        )
+        row = {option: value}
+        for key in ("fid", "acceptability", "conditional_accuracy", "recall", "sampling_seconds"):
+            if result.get(key) is not None:
+                row[key] = rounded(result[key])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    extra = "".join(f" --{k} {v}" for k, v in fixed.items()) + f" --{option} VALUE"
+    sweeps = [s for s in card.get("sweeps", []) if (s["option"], s["fixed"]) != (option, fixed)]
+    sweeps.append(
+        {
+            "option": option,
+            "fixed": fixed,
+            "n": args.n,
+            "command": eval_command(args.name, args.dataset, args.n, extra),
+            "rows": rows,
+        }
+    )
+    card["sweeps"] = sweeps
+    write_card(card)
+
+
+def cmd_docs(args: argparse.Namespace) -> None:
+    DOCS_PAGE.write_text(render_docs())
+    print(f"wrote {DOCS_PAGE.relative_to(REPO)}")
+
+
+def render_docs() -> str:
+    """The model-card page, from every shipped card.json."""
+    from genmnist.models import create_model
+
+    lines = [
+        "# Pretrained models (model cards)",
+        "",
+        "<!-- Generated by `python recipes/cards.py docs` from the shipped card.json files;",
+        "edit those (or rerun the measurements), not this page. -->",
+        "",
+        "Every built-in model ships weights inside the package, so `genmnist sample NAME`",
+        "works offline right after `pip install genmnist`. Each card below says how the",
+        "weights were trained (the recipe reproduces them) and what `genmnist eval` measured",
+        "for them with 10,000 samples, beside the same metric for real test images (the",
+        "*real data* column: 10,000 training images scored against the test set). See",
+        "[Evaluation](evaluation.md) for what each metric means and",
+        "[the comparison report](comparison/mnist/report.md) for all models side by side.",
+        "`genmnist info NAME` prints the same card in the terminal.",
+        "",
+    ]
+    for dataset, title in DATASET_TITLES.items():
+        cards = sorted(
+            (json.loads(p.read_text()) for p in (PACKAGE_ROOT / dataset).glob("*/card.json")),
+            key=lambda c: c["model"],
+        )
+        if not cards:
+            continue
+        lines += [f"## {title}", ""]
+        for card in cards:
+            lines += render_card(card, create_model(card["model"]))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_card(card: dict[str, Any], model: Any) -> list[str]:
+    name, dataset = card["model"], card["dataset"]
+    flag = "" if dataset == "mnist" else f" --dataset {dataset}"
+    training = card.get("training") or {}
+    weights = card.get("weights") or {}
+    out = [f"### `{name}`" + ("" if dataset == "mnist" else f" ({DATASET_TITLES[dataset]})"), ""]
+    out.append(f"{type(model).__doc__.strip().splitlines()[0]}")
+    out.append("")
+    out.append(f"- **Sample**: `genmnist sample {name}{flag} -n 64 -o samples.png`")
+    out.append(
+        f"- **Architecture**: `{type(model).__name__}`, {weights.get('parameters', 0):,} "
+        f"parameters, shipped in {weights.get('dtype')}; full config in "
+        f"`genmnist info {name}`."
+    )
+    if training:
+        minutes = training.get("seconds", 0) / 60
+        out.append(f"- **Recipe**: `{training['command']}` (seed {training.get('seed')})")
+        if training.get("recipe"):
+            out.append(f"  with `{json.dumps(training['recipe'])}`")
+        out.append(
+            f"- **Training**: {training.get('steps', 0):,} steps, {training.get('epochs')} "
+            f"epochs, {minutes:.0f} min on {training.get('machine')}"
+            + (f" ({training['note']})" if training.get("note") else "")
+        )
+    evaluation = card.get("evaluation")
+    if evaluation:
+        metrics = evaluation["metrics"]
+        out += ["", f"Measured with `{evaluation['command']}`:", ""]
+        out += ["| metric | this model | real data |", "|---|---|---|"]
+        for key, label, fmt in CARD_METRICS:
+            if metrics.get(key) is None:
+                continue
+            floor = metrics.get(f"{key}_floor")
+            shown = format(floor, fmt) if floor is not None else ""
+            out.append(f"| {label} | {format(metrics[key], fmt)} | {shown} |")
+    for sweep in card.get("sweeps", []):
+        option = sweep["option"]
+        keys = [
+            k
+            for k in ("fid", "acceptability", "conditional_accuracy", "sampling_seconds")
+            if any(k in row for row in sweep["rows"])
+        ]
+        out += [
+            "",
+            f"Trade-off over `--{option}` (n = {sweep['n']:,}, so FID reads higher "
+            f"than at 10,000; `{sweep['command']}`):",
+            "",
+        ]
+        out.append(f"| {option} | " + " | ".join(keys) + " |")
+        out.append("|---" * (len(keys) + 1) + "|")
+        for row in sweep["rows"]:
+            cells = [
+                format(row[k], ".1%")
+                if k.endswith("accuracy") or k == "acceptability"
+                else format(row[k], ".2f")
+                if k in row
+                else ""
+                for k in keys
+            ]
+            out.append(f"| {row[option]} | " + " | ".join(cells) + " |")
+    if card.get("notes"):
+        out += ["", card["notes"]]
+    out.append("")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    metrics = sub.add_parser("metrics", help="copy a compare report's metrics into the cards")
+    metrics.add_argument("report", help="metrics.json written by genmnist compare")
+    metrics.set_defaults(run=cmd_metrics)
+    sweep = sub.add_parser("sweep", help="measure one model over steps or guidance")
+    sweep.add_argument("name")
+    sweep.add_argument("--dataset", default="mnist")
+    sweep.add_argument("-n", type=int, default=2000)
+    sweep.add_argument(
+        "--set", nargs="*", default=[], help="fixed sampling options, e.g. spacing=log-snr"
+    )
+    group = sweep.add_mutually_exclusive_group(required=True)
+    group.add_argument("--steps", nargs="+")
+    group.add_argument("--guidance", nargs="+")
+    sweep.set_defaults(run=cmd_sweep)
+    docs = sub.add_parser("docs", help="render docs/pretrained.md")
+    docs.set_defaults(run=cmd_docs)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
