@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def training_record(run: Path, dataset: str, name: str, recipe: Path | None) -> 
     """What the run folder says about its training."""
     records = read_metrics(run / "metrics.jsonl")
     _, meta = load_tensors(run / "checkpoint.safetensors")
-    state = json.loads(meta["genmnist"]).get("state", {})
+    header = json.loads(meta["genmnist"])
     last = records[-1]
     speeds = sorted(r["images_per_second"] for r in records if "images_per_second" in r)
     command = f"genmnist train {name} --dataset {dataset} --out runs/{dataset}/{name}"
@@ -38,12 +39,12 @@ def training_record(run: Path, dataset: str, name: str, recipe: Path | None) -> 
     return {
         "command": command,
         "recipe": None if recipe is None else json.loads(recipe.read_text()),
-        "seed": state.get("seed"),
+        "seed": header.get("seed"),
         "steps": last.get("step"),
         "epochs": round(float(last.get("epoch", 0.0)), 2),
         "seconds": round(training_time(records) or 0.0, 1),
         "median_images_per_second": round(speeds[len(speeds) // 2], 1) if speeds else None,
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
+        "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, "
         f"torch {torch.__version__.split('+')[0]}",
     }
 
@@ -56,11 +57,30 @@ def main() -> None:
     parser.add_argument(
         "--recipe", type=Path, help="recipe JSON (default: recipes/<dataset>/<model>.json)"
     )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=JSON",
+        help="change config fields that do not touch the weights, e.g. the default "
+        "sampler settings chosen after measuring: sampling_steps=10 'spacing=\"log-snr\"'",
+    )
     args = parser.parse_args()
 
     model = genmnist.load(args.run)
+    if args.set:
+        changes = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+        model.config = model.config.replace(**changes)
     target = PACKAGE_ROOT / args.dataset / model.name
+    weights = target / "model.safetensors"
+    before = load_tensors(weights)[0] if weights.is_file() else None
     model.save_pretrained(target, dtype=torch.float32 if args.fp32 else torch.float16)
+    after = load_tensors(weights)[0]
+    same_weights = (
+        before is not None
+        and before.keys() == after.keys()
+        and all(torch.equal(before[k], after[k]) for k in after)
+    )
     shipped = genmnist.load(target)
     a, b = model.sample(64, seed=0), shipped.sample(64, seed=0)
     worst = (a - b).abs().max().item() * 255
@@ -80,8 +100,9 @@ def main() -> None:
             args.run, args.dataset, model.name, recipe.resolve() if recipe.is_file() else None
         ),
     )
-    card.pop("evaluation", None)  # new weights: the old numbers no longer apply
-    card.pop("sweeps", None)
+    card.pop("evaluation", None)  # measured with the old defaults or weights
+    if not same_weights:  # sweeps name their sampling options, so only weights matter
+        card.pop("sweeps", None)
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     print(f"{card_path}: training record written; run recipes/cards.py to evaluate")
 

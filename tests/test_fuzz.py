@@ -486,9 +486,7 @@ def test_broken_config_json_raises_checkpoint_error(model_folder, label, spoil):
     assert isinstance(result, CheckpointError | ConfigError), result
 
 
-@pytest.mark.parametrize(
-    ("field", "value"), [("batch_size", 0), ("lr", -1.0), ("norm", "zz")]
-)
+@pytest.mark.parametrize(("field", "value"), [("batch_size", 0), ("lr", -1.0), ("norm", "zz")])
 def test_config_fields_used_only_for_training_do_not_stop_loading(model_folder, field, value):
     path = model_folder / "config.json"
     path.write_text(json.dumps(_with(json.loads(path.read_text()), ("config", field), value)))

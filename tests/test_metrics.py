@@ -350,6 +350,65 @@ def test_cli_eval_json_and_compare_report(capsys, real_data, tiny_run, tmp_path,
     assert set(json.loads((report / "metrics.json").read_text())) == {"vae-mlp", "cvae"}
 
 
+@pytest.mark.real_data
+def test_compare_reuses_eval_results_only_for_the_same_model(
+    capsys, real_data, tiny_run, tmp_path, monkeypatch
+):
+    saved = tmp_path / "vae-mlp.json"
+    code, _, err = run_cli(
+        capsys, "eval", tiny_run[0], "-n", "40", "--data-dir", real_data, "-o", saved
+    )
+    assert code == 0, err
+    result = json.loads(saved.read_text())
+    result["fid"] = 1234.5  # a marker: only a reused result carries it
+    saved.write_text(json.dumps(result))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("evaluated again although a result was given")
+
+    import genmnist.evaluation_cli as evaluation_cli
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation_cli, "_evaluate", fail)
+        report = tmp_path / "reused"
+        code, _, err = run_cli(
+            capsys, "compare", tiny_run[0], "--out", report, "-n", "40", "--no-charts",
+            "--data-dir", real_data, "--results", saved,
+        )  # fmt: skip
+    assert code == 0, err and "reusing" in err
+    assert json.loads((report / "metrics.json").read_text())["vae-mlp"]["fid"] == 1234.5
+
+    # Another n, or other weights (the cvae run), are evaluated afresh.
+    report = tmp_path / "fresh"
+    code, _, err = run_cli(
+        capsys, "compare", tiny_run[0], "--out", report, "-n", "30", "--no-charts",
+        "--data-dir", real_data, "--results", saved,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((report / "metrics.json").read_text())["vae-mlp"]["fid"] != 1234.5
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text("[1, 2]")
+    code, _, err = run_cli(capsys, "compare", tiny_run[0], "--results", bogus, "-n", "30")
+    assert code == 2 and "--results" in err
+
+
+def test_weights_fingerprint_changes_with_weights_and_config():
+    from genmnist.metrics.efficiency import weights_fingerprint
+    from genmnist.models import create_model
+
+    torch.manual_seed(0)
+    a = create_model("vae-mlp", hidden_dims=(8,), latent_dim=2)
+    b = create_model("vae-mlp", hidden_dims=(8,), latent_dim=2)
+    b.load_state_dict(a.state_dict())
+    assert weights_fingerprint(a) == weights_fingerprint(b)
+    with torch.no_grad():
+        next(b.parameters())[0].add_(1e-3)
+    assert weights_fingerprint(a) != weights_fingerprint(b)
+    c = create_model("vae-mlp", hidden_dims=(8,), latent_dim=2, beta=2.0)
+    c.load_state_dict(a.state_dict())
+    assert weights_fingerprint(a) != weights_fingerprint(c)
+
+
 def test_cli_eval_usage_errors(capsys, tmp_path):
     code, _, err = run_cli(capsys, "eval", "vae-mpl", "-n", "20")
     assert code == 2 and "did you mean" in err

@@ -212,9 +212,18 @@ def compare_command(
     charts: Annotated[
         bool, typer.Option(help="Draw the charts (needs matplotlib: genmnist[plot]).")
     ] = True,
+    results_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--results",
+            help="JSON from `genmnist eval -o` to reuse instead of evaluating again (used "
+            "only for the same weights, dataset, n and seed; repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate several models and write a Markdown report with metrics, samples and charts."""
     _check_dataset(dataset)
+    earlier = _read_results(results_files or [])
     if charts:
         from genmnist.metrics.report import require_matplotlib
 
@@ -227,18 +236,22 @@ def compare_command(
     labels = unique_labels(_labels(loaded))
     results, samples, curves = [], [], {}
     for label, (model, folder, _) in zip(labels, loaded, strict=True):
-        result = _evaluate(
-            model,
-            folder,
-            dataset,
-            n,
-            data_dir,
-            seed,
-            batch_size,
-            True,
-            None,
-            lambda message: err.print(f"[dim]{message}[/]"),
-        )
+        result = _reusable(earlier, model, dataset, n, seed)
+        if result is not None:
+            err.print(f"[dim]{label}: reusing {result.pop('_file')}[/]")
+        else:
+            result = _evaluate(
+                model,
+                folder,
+                dataset,
+                n,
+                data_dir,
+                seed,
+                batch_size,
+                True,
+                None,
+                lambda message: err.print(f"[dim]{message}[/]"),
+            )
         results.append(result)
         count = 100 if model.conditional else 64
         samples.append(model.sample(min(count, n), seed=seed, batch_size=batch_size))
@@ -257,6 +270,35 @@ def compare_command(
     )
     _print_summary(labels, results)
     _console().print(f"Report written to {path}")
+
+
+def _read_results(files: list[Path]) -> list[dict[str, Any]]:
+    """The `genmnist eval -o` JSON files given to ``compare --results``."""
+    from genmnist.io import read_json
+
+    results = []
+    for file in files:
+        result = read_json(file)
+        if not isinstance(result, dict) or not isinstance(result.get("weights_sha256"), str):
+            raise UsageProblem(
+                f"--results: {file} is not the JSON of `genmnist eval -o` (of this version)"
+            )
+        results.append({**result, "_file": str(file)})
+    return results
+
+
+def _reusable(earlier, model, dataset: str, n: int, seed: int) -> dict[str, Any] | None:
+    """An earlier result measured on these very weights with the same settings, if any."""
+    from genmnist.metrics.efficiency import weights_fingerprint
+
+    if not earlier:
+        return None
+    fingerprint = weights_fingerprint(model)
+    for result in earlier:
+        same = (result.get("weights_sha256"), result.get("dataset"), result.get("n"))
+        if same == (fingerprint, dataset, n) and result.get("seed") == seed:
+            return dict(result)
+    return None
 
 
 def _labels(loaded) -> list[str]:

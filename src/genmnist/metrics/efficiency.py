@@ -88,8 +88,32 @@ def measure(fn: Callable[[], T], device: torch.device | str = "cpu") -> tuple[T,
 
 
 def model_size(model: torch.nn.Module) -> dict[str, Any]:
-    """``parameters`` (trainable) and ``weights_mb`` (parameters and buffers, MB)."""
+    """``parameters`` (trainable), ``weights_mb`` (parameters and buffers, MB) and
+    ``weights_sha256`` (see `weights_fingerprint`)."""
     tensors = [*model.parameters(), *model.buffers()]
     size = sum(t.numel() * t.element_size() for t in tensors)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"parameters": trainable, "weights_mb": size / 2**20}
+    return {
+        "parameters": trainable,
+        "weights_mb": size / 2**20,
+        "weights_sha256": weights_fingerprint(model),
+    }
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 (hex) of a model's config (its sampling defaults included) and state:
+    names, shapes, dtypes and bytes, in name order. Two models with the same fingerprint
+    sample identically; `genmnist compare --results` uses it to reuse `genmnist eval`
+    output only for the same model."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_dict"):
+        digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

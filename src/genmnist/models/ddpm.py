@@ -199,4 +199,6 @@ MODELS.register(
     DDPM,
     description="Class-conditional DDPM with classifier-free guidance",
     num_classes=10,
+    # Best FID with >= 99% conditional accuracy for the shipped weights (see its card).
+    guidance_scale=1.5,
 )
