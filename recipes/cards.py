@@ -221,10 +221,16 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
         out += [
             "",
             f"Trade-off over `--{option}` (n = {sweep['n']:,}, so FID reads higher "
-            f"than at 10,000; `{sweep['command']}`):",
+            f"than at 10,000; times from a shared CPU; `{sweep['command']}`):",
             "",
         ]
-        out.append(f"| {option} | " + " | ".join(keys) + " |")
+        titles = {
+            "fid": "FID",
+            "acceptability": "acceptability",
+            "conditional_accuracy": "conditional accuracy",
+            "sampling_seconds": f"seconds for {sweep['n']:,} samples",
+        }
+        out.append(f"| {option} | " + " | ".join(titles[k] for k in keys) + " |")
         out.append("|---" * (len(keys) + 1) + "|")
         for row in sweep["rows"]:
             cells = [

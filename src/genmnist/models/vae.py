@@ -224,7 +224,10 @@ MODELS.register(
     encoder="conv",
     decoder="conv",
     hidden_dims=(32, 64, 128),
-    latent_dim=32,
+    # A small latent leaves the digit's identity to the label: measured over 2,000
+    # samples, latent 8 instead of 32 raised conditional accuracy from 58% to 72% and
+    # acceptability from 56% to 67%, for 1.7 nats of ELBO.
+    latent_dim=8,
     norm="batch",
     num_classes=10,
 )

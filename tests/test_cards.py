@@ -1,0 +1,110 @@
+"""Model cards: the shipped card.json files, `model_card`, `genmnist info` and the
+generated docs page agree with each other and with the shipped weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from genmnist.cli import _card_summary
+from genmnist.errors import CheckpointError
+from genmnist.models import DATASETS, create_model, load, model_card, pretrained_dir
+from genmnist.registry import MODELS
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAINED = REPO / "src" / "genmnist" / "pretrained"
+SHIPPED = sorted(
+    (folder.parent.name, folder.name)
+    for folder in PRETRAINED.glob("*/*")
+    if (folder / "model.safetensors").is_file() and folder.parent.name in DATASETS
+)
+
+
+def _cards_module():
+    spec = importlib.util.spec_from_file_location("cards", REPO / "recipes" / "cards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dataset, name", SHIPPED)
+def test_every_shipped_model_has_a_measured_card(dataset, name):
+    card = model_card(name, dataset)
+    assert card is not None, f"{dataset}/{name} ships without card.json"
+    assert (card["model"], card["dataset"]) == (name, dataset)
+    model = load(name, dataset=dataset)
+    assert card["weights"]["parameters"] == model.num_parameters()
+    training = card["training"]
+    assert training["command"].startswith(f"genmnist train {name} ")
+    assert training["steps"] > 0 and training["seconds"] > 0
+    metrics = card["evaluation"]["metrics"]
+    assert metrics["model"] == name and metrics["dataset"] == dataset
+    assert metrics["n"] == 10_000 and metrics["seed"] == 0
+    assert card["evaluation"]["command"].startswith(f"genmnist eval {name} -n 10000")
+    for key in ("fid", "acceptability", "fid_floor", "acceptability_floor"):
+        assert isinstance(metrics[key], float), key
+    if model.conditional:
+        assert metrics["conditional_accuracy"] > 0.5
+
+
+def test_the_docs_page_is_generated_from_the_cards():
+    page = (REPO / "docs" / "pretrained.md").read_text()
+    assert page == _cards_module().render_docs(), "run: python recipes/cards.py docs"
+    for _, name in SHIPPED:
+        assert f"genmnist sample {name}" in page
+
+
+def test_model_card_reads_json_and_rejects_other_files(monkeypatch, tmp_path):
+    import genmnist.models as models
+
+    monkeypatch.setattr(models, "pretrained_dir", lambda name, dataset="mnist": tmp_path)
+    assert model_card("vae-mlp") is None  # no card.json
+    card = {"format": "genmnist-card", "version": 1, "model": "vae-mlp", "dataset": "mnist"}
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    assert model_card("vae-mlp") == card
+    (tmp_path / "card.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(CheckpointError, match="card.json: not a genmnist model card"):
+        model_card("vae-mlp")
+    (tmp_path / "card.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="card.json"):
+        model_card("vae-mlp")
+
+
+def test_card_summary_shows_training_and_metrics_beside_the_floor():
+    card = {
+        "training": {"steps": 1200, "epochs": 2.0, "seconds": 600, "machine": "x86_64 CPU",
+                     "command": "genmnist train vae-mlp --config r.json"},
+        "evaluation": {
+            "command": "genmnist eval vae-mlp -n 10000",
+            "metrics": {"n": 10000, "fid": 12.345, "fid_floor": 0.2, "acceptability": 0.5,
+                        "acceptability_floor": 0.98},
+        },
+    }  # fmt: skip
+    text = _card_summary(card)
+    assert "1,200 steps (2.0 epochs) in 10 min" in text
+    assert "FID 12.35 (real data 0.20)" in text
+    assert "acceptability 50.0% (real data 98.0%)" in text
+    assert "genmnist eval vae-mlp -n 10000" in text
+    assert _card_summary({}) == ""
+
+
+def test_info_prints_the_card(capsys):
+    from genmnist.cli import main
+
+    name = next((n for d, n in SHIPPED if d == "mnist"), None)
+    if name is None or model_card(name) is None:
+        pytest.fail("no shipped MNIST card to show")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", name])
+    assert exit_info.value.code in (0, None)
+    assert "measured (n=10,000)" in capsys.readouterr().out
+
+
+def test_every_builtin_ships_mnist_weights():
+    for name in MODELS.list():
+        if MODELS.entry(name).source.startswith("genmnist"):
+            assert pretrained_dir(name, "mnist") is not None, name
+            create_model(name)  # and the registered defaults still build
