@@ -19,26 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from genmnist.cli import main
 from genmnist.errors import TrainingError
 from genmnist.io import load_tensors, read_json
 from genmnist.models import VAE
 from genmnist.models.base import CONFIG_FILE, WEIGHTS_FILE
 from genmnist.training import CHECKPOINT_FILE, METRICS_FILE, Trainer, TrainOptions
-
-
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")  # rich tables without wrapped cells
-    monkeypatch.delenv("GENMNIST_DEBUG", raising=False)
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    """Run ``genmnist ARGS`` in-process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
+from test_cli import run_cli, wide_console  # noqa: F401  (wide_console: an autouse fixture)
 
 
 def assert_one_line_error(err: str, *fragments: str) -> None:
