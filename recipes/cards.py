@@ -90,7 +90,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     import genmnist
     from genmnist.metrics import evaluate
 
-    card = read_card(args.dataset, args.name)
+    read_card(args.dataset, args.name)  # fail before measuring if there is no card
     model = genmnist.load(args.name, dataset=args.dataset)
     if args.steps:
         option, values = "steps", [int(v) for v in args.steps]
@@ -109,6 +109,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     extra = "".join(f" --{k} {v}" for k, v in fixed.items()) + f" --{option} VALUE"
+    card = read_card(args.dataset, args.name)  # again: other steps may have written it
     same = [s for s in card.get("sweeps", []) if (s["option"], s["fixed"]) == (option, fixed)]
     if same and same[0]["n"] == args.n:  # add to the earlier measurements of this sweep
         measured = {row[option]: row for row in same[0]["rows"]}

@@ -28,6 +28,17 @@ app = typer.Typer(
 DatasetOption = Annotated[
     str, typer.Option("--dataset", "-d", help="mnist or fashion-mnist.", show_default=True)
 ]
+# Diffusion sampling options, shared by `sample` and `eval` (other models refuse them).
+SamplerOption = Annotated[
+    str | None, typer.Option(help="Diffusion sampler: ddim, dpmpp-2m, ddpm, euler, heun.")
+]
+StepsOption = Annotated[int | None, typer.Option(min=1, help="Diffusion sampling steps.")]
+SpacingOption = Annotated[
+    str | None, typer.Option(help="Diffusion step spacing: uniform or log-snr.")
+]
+GuidanceOption = Annotated[
+    float | None, typer.Option(min=0.0, help="Classifier-free guidance scale.")
+]
 
 
 class UsageProblem(GenmnistError):
@@ -318,16 +329,10 @@ def sample(
     dataset: DatasetOption = "mnist",
     nrow: Annotated[int | None, typer.Option(min=1, help="Images per grid row.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images generated at once.")] = 1000,
-    sampler: Annotated[
-        str | None, typer.Option(help="Diffusion sampler: ddim, dpmpp-2m, ddpm, euler, heun.")
-    ] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Diffusion sampling steps.")] = None,
-    spacing: Annotated[
-        str | None, typer.Option(help="Diffusion step spacing: uniform or log-snr.")
-    ] = None,
-    guidance: Annotated[
-        float | None, typer.Option(min=0.0, help="Classifier-free guidance scale.")
-    ] = None,
+    sampler: SamplerOption = None,
+    steps: StepsOption = None,
+    spacing: SpacingOption = None,
+    guidance: GuidanceOption = None,
     gif: Annotated[
         Path | None, typer.Option(help="Also write an animated GIF of the denoising.")
     ] = None,

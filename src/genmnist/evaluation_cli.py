@@ -14,7 +14,17 @@ from typing import Annotated, Any
 
 import typer
 
-from genmnist.cli import DatasetOption, UsageProblem, _check_dataset, _console, _sampling_options
+from genmnist.cli import (
+    DatasetOption,
+    GuidanceOption,
+    SamplerOption,
+    SpacingOption,
+    StepsOption,
+    UsageProblem,
+    _check_dataset,
+    _console,
+    _sampling_options,
+)
 from genmnist.errors import GenmnistError
 
 DataDirOption = Annotated[
@@ -155,14 +165,10 @@ def eval_command(
     seed: SeedOption = 0,
     batch_size: BatchOption = 1000,
     floor: Annotated[bool, typer.Option(help="Compute the real-data floor.")] = True,
-    sampler: Annotated[str | None, typer.Option(help="Diffusion sampler.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Diffusion sampling steps.")] = None,
-    spacing: Annotated[
-        str | None, typer.Option(help="Diffusion step spacing: uniform or log-snr.")
-    ] = None,
-    guidance: Annotated[
-        float | None, typer.Option(min=0.0, help="Classifier-free guidance scale.")
-    ] = None,
+    sampler: SamplerOption = None,
+    steps: StepsOption = None,
+    spacing: SpacingOption = None,
+    guidance: GuidanceOption = None,
 ) -> None:
     """Evaluate a model: FID/KID/precision/recall with their real-data floor, IS,
     acceptability, class coverage, VAE and efficiency metrics."""

@@ -2,13 +2,19 @@
 plain functions, registered by name)."""
 
 from genmnist.diffusion.objectives import OBJECTIVES, Objective
-from genmnist.diffusion.samplers import SAMPLERS, classifier_free_guidance, spaced_timesteps
+from genmnist.diffusion.samplers import (
+    SAMPLERS,
+    SPACINGS,
+    classifier_free_guidance,
+    spaced_timesteps,
+)
 from genmnist.diffusion.schedules import SCHEDULES, NoiseSchedule
 
 __all__ = [
     "OBJECTIVES",
     "SAMPLERS",
     "SCHEDULES",
+    "SPACINGS",
     "NoiseSchedule",
     "Objective",
     "classifier_free_guidance",

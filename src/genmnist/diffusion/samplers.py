@@ -35,6 +35,10 @@ Callback = Callable[[int, torch.Tensor, torch.Tensor], None] | None
 SAMPLERS: Registry = Registry("sampler")
 
 
+#: Names of the step spacings `spaced_timesteps` knows.
+SPACINGS = ("uniform", "log-snr")
+
+
 def spaced_timesteps(
     total: int,
     steps: int,
@@ -80,10 +84,6 @@ def spaced_timesteps(
     for i in range(1, len(chosen)):
         chosen[i] = min(chosen[i], chosen[i - 1] - 1)
     return torch.tensor(chosen, dtype=torch.long)
-
-
-#: Names of the step spacings `spaced_timesteps` knows.
-SPACINGS = ("uniform", "log-snr")
 
 
 def _coefficients(schedule: NoiseSchedule, t: int, x: torch.Tensor):

@@ -19,6 +19,7 @@ from genmnist.diffusion import (
     OBJECTIVES,
     SAMPLERS,
     SCHEDULES,
+    SPACINGS,
     classifier_free_guidance,
     spaced_timesteps,
 )
@@ -94,7 +95,10 @@ class DDPM(GenerativeModel):
         self.objective = OBJECTIVES.get(cfg.objective)
         self.weighting = DIFFUSION_WEIGHTINGS.get(cfg.loss_weighting)
         SAMPLERS.get(cfg.sampler)  # fail early on an unknown default sampler
-        spaced_timesteps(cfg.timesteps, min(2, cfg.timesteps), cfg.spacing)  # ...and spacing
+        if cfg.spacing not in SPACINGS:
+            raise ConfigError(
+                f"unknown step spacing '{cfg.spacing}' (choose from {', '.join(SPACINGS)})"
+            )
         if not 0.0 <= cfg.label_dropout < 1.0:
             raise ConfigError("label_dropout must be in [0, 1)")
         self.unet = UNet(
