@@ -7,6 +7,8 @@
     # 2. sampling trade-offs of the diffusion models (smaller n: FID is biased upwards)
     python recipes/cards.py sweep ddpm --steps 5 8 10 15 20 50 -n 2000
     python recipes/cards.py sweep ddpm-cfg --guidance 1 1.5 2 3 4 -n 2000
+    python recipes/cards.py sweep ddpm --guidance 1 1.5 2 2.5 3 -n 2000
+    python recipes/cards.py sweep cvae --temperature 0.5 0.6 0.7 0.8 1 -n 2000
     # 3. the docs page
     python recipes/cards.py docs
 
@@ -86,6 +88,14 @@ def cmd_metrics(args: argparse.Namespace) -> None:
         write_card(card)
 
 
+def json_or_text(value: str) -> Any:
+    """A ``--set`` value: JSON where it parses (``10``, ``2.5``), else the text itself."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     import genmnist
     from genmnist.metrics import evaluate
@@ -94,9 +104,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     model = genmnist.load(args.name, dataset=args.dataset)
     if args.steps:
         option, values = "steps", [int(v) for v in args.steps]
-    else:
+    elif args.guidance:
         option, values = "guidance", [float(v) for v in args.guidance]
-    fixed = dict(item.split("=", 1) for item in args.set)
+    else:
+        option, values = "temperature", [float(v) for v in args.temperature]
+    fixed = {k: json_or_text(v) for k, v in (item.split("=", 1) for item in args.set)}
     rows = []
     for value in values:
         result = evaluate(
@@ -155,8 +167,9 @@ def render_docs() -> str:
         "",
         "To reproduce a model: `bash recipes/train.sh mnist NAME` (it resumes an",
         "interrupted run), `python recipes/export.py runs/mnist/NAME` (add `--fp32` for the",
-        "diffusion models) to copy the weights into the package, then measure as described",
-        "at the top of `recipes/cards.py`. Numbers were measured on a 2-core x86_64 CPU",
+        "diffusion models, and `--guide runs/mnist/ddpm-guide` for `ddpm`) to copy the",
+        "weights into the package, then measure as described at the top of",
+        "`recipes/cards.py`. Numbers were measured on a 2-core x86_64 CPU",
         "without a GPU, usually while other jobs shared it, so training times are upper",
         "bounds.",
         "",
@@ -200,6 +213,14 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
             f"- **Training**: {training.get('steps', 0):,} steps, {training.get('epochs')} "
             f"epochs, {minutes:.0f} min on {training.get('machine')}"
             + (f" ({training['note']})" if training.get("note") else "")
+        )
+    guide = training.get("guide")
+    if guide:
+        out.append(
+            f"- **Autoguidance guide**: `{guide['command']}` (seed {guide.get('seed')})"
+            + (f" with `{json.dumps(guide['recipe'])}`" if guide.get("recipe") else "")
+            + f": {guide.get('steps', 0):,} steps, {guide.get('seconds', 0) / 60:.0f} min, "
+            "attached with `python recipes/export.py RUN --guide GUIDE_RUN`"
         )
     evaluation = card.get("evaluation")
     if evaluation:
@@ -265,6 +286,7 @@ def main() -> None:
     group = sweep.add_mutually_exclusive_group(required=True)
     group.add_argument("--steps", nargs="+")
     group.add_argument("--guidance", nargs="+")
+    group.add_argument("--temperature", nargs="+")
     sweep.set_defaults(run=cmd_sweep)
     docs = sub.add_parser("docs", help="render docs/pretrained.md")
     docs.set_defaults(run=cmd_docs)

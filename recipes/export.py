@@ -6,6 +6,12 @@ Writes src/genmnist/pretrained/<dataset>/<model>/{config.json,model.safetensors}
 float16 (``--fp32`` keeps float32) and ``card.json`` with how the run was trained (recipe,
 command, seed, steps, time). Prints how far the shipped copy's samples are from the run's.
 The evaluation half of the card comes from ``python recipes/cards.py``.
+
+``--guide RUN`` attaches a short run of the same U-Net as the autoguidance guide of an
+unconditional DDPM (`genmnist.models.DDPM.with_guide`); its training record goes on the
+card too:
+
+    python recipes/export.py runs/mnist/ddpm --fp32 --guide runs/mnist/ddpm-guide
 """
 
 from __future__ import annotations
@@ -26,14 +32,17 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE_ROOT = REPO / "src" / "genmnist" / "pretrained"
 
 
-def training_record(run: Path, dataset: str, name: str, recipe: Path | None) -> dict:
-    """What the run folder says about its training."""
+def training_record(
+    run: Path, dataset: str, name: str, recipe: Path | None, out: str | None = None
+) -> dict:
+    """What the run folder says about its training (``out``: the run folder the command
+    names, default ``runs/<dataset>/<name>``)."""
     records = read_metrics(run / "metrics.jsonl")
     _, meta = load_tensors(run / "checkpoint.safetensors")
     header = json.loads(meta["genmnist"])
     last = records[-1]
     speeds = sorted(r["images_per_second"] for r in records if "images_per_second" in r)
-    command = f"genmnist train {name} --dataset {dataset} --out runs/{dataset}/{name}"
+    command = f"genmnist train {name} --dataset {dataset} --out {out or f'runs/{dataset}/{name}'}"
     if recipe is not None:
         command += f" --config {recipe.relative_to(REPO)}"
     return {
@@ -65,16 +74,33 @@ def main() -> None:
         help="change config fields that do not touch the weights, e.g. the default "
         "sampler settings chosen after measuring: sampling_steps=10 'spacing=\"log-snr\"'",
     )
+    parser.add_argument(
+        "--guide",
+        type=Path,
+        help="run folder of the autoguidance guide (a short run of the same U-Net); its "
+        "recipe is recipes/<dataset>/<model>.guide.json",
+    )
     args = parser.parse_args()
 
     model = genmnist.load(args.run)
     if args.set:
         changes = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
         model.config = model.config.replace(**changes)
+    if args.guide is not None:
+        model = model.with_guide(genmnist.load(args.guide), model.config.guidance_scale)
     target = PACKAGE_ROOT / args.dataset / model.name
     weights = target / "model.safetensors"
     before = load_tensors(weights)[0] if weights.is_file() else None
-    model.save_pretrained(target, dtype=torch.float32 if args.fp32 else torch.float16)
+    storage = "float32" if args.fp32 else "float16"
+    guide_network = getattr(model, "guide", None)
+    if guide_network is not None:
+        # Sampling runs the guide under bf16 autocast, so float16 storage (more mantissa
+        # than bf16) costs it nothing measurable and halves its share of the package.
+        guide_network.half()
+        storage += " (guide float16)"
+    model.save_pretrained(target, dtype=None if args.fp32 else torch.float16)
+    if guide_network is not None:
+        guide_network.float()
     after = load_tensors(weights)[0]
     same_weights = (
         before is not None
@@ -84,7 +110,6 @@ def main() -> None:
     shipped = genmnist.load(target)
     a, b = model.sample(64, seed=0), shipped.sample(64, seed=0)
     worst = (a - b).abs().max().item() * 255
-    storage = "float32" if args.fp32 else "float16"
     print(f"{target}: largest pixel change from {storage} storage {worst:.2f}/255")
 
     recipe = args.recipe or REPO / "recipes" / args.dataset / f"{model.name}.json"
@@ -100,6 +125,17 @@ def main() -> None:
             args.run, args.dataset, model.name, recipe.resolve() if recipe.is_file() else None
         ),
     )
+    if args.guide is not None:
+        guide_recipe = REPO / "recipes" / args.dataset / f"{model.name}.guide.json"
+        guide = training_record(
+            args.guide,
+            args.dataset,
+            model.name,
+            guide_recipe if guide_recipe.is_file() else None,
+            out=f"runs/{args.dataset}/{model.name}-guide",
+        )
+        guide["command"] += f" --max-steps {guide['steps']}"  # a fraction of an epoch
+        card["training"]["guide"] = guide
     card.pop("evaluation", None)  # measured with the old defaults or weights
     if not same_weights:  # sweeps name their sampling options, so only weights matter
         card.pop("sweeps", None)

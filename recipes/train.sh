@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # Reproduce the shipped weights: bash recipes/train.sh [DATASET] [MODEL...]
 # Each run resumes if its folder already holds a checkpoint, so rerun after an interruption.
+# A model with a <model>.guide.json recipe also gets its autoguidance guide: a short run of
+# the same U-Net into runs/<dataset>/<model>-guide, attached by recipes/export.py --guide.
 set -euo pipefail
 dataset=${1:-mnist}; shift || true
-models=("$@"); [ ${#models[@]} -gt 0 ] || models=($(ls "recipes/$dataset" | sed 's/\.json$//'))
-for model in "${models[@]}"; do
-  out="runs/$dataset/$model"
+models=("$@"); [ ${#models[@]} -gt 0 ] || models=($(ls "recipes/$dataset" | grep -v '\.guide\.json$' | sed 's/\.json$//'))
+guide_steps=350  # measured best of 100/175/350/700 steps for the mnist ddpm
+train() {  # train MODEL OUT RECIPE [extra flags...]
+  local model=$1 out=$2 recipe=$3; shift 3
   if [ -f "$out/checkpoint.safetensors" ]; then
-    genmnist train "$model" --dataset "$dataset" --out "$out" --resume --quiet
+    genmnist train "$model" --dataset "$dataset" --out "$out" --resume --quiet "$@"
   else
-    genmnist train "$model" --dataset "$dataset" --out "$out" --config "recipes/$dataset/$model.json" --quiet
+    genmnist train "$model" --dataset "$dataset" --out "$out" --config "$recipe" --quiet "$@"
+  fi
+}
+for model in "${models[@]}"; do
+  train "$model" "runs/$dataset/$model" "recipes/$dataset/$model.json"
+  guide="recipes/$dataset/$model.guide.json"
+  if [ -f "$guide" ]; then
+    train "$model" "runs/$dataset/$model-guide" "$guide" --max-steps "$guide_steps"
   fi
 done

@@ -40,6 +40,8 @@ def test_every_shipped_model_has_a_measured_card(dataset, name):
     training = card["training"]
     assert training["command"].startswith(f"genmnist train {name} ")
     assert training["steps"] > 0 and training["seconds"] > 0
+    # a guide network travels with its training record
+    assert ("guide" in training) == (getattr(model, "guide", None) is not None)
     metrics = card["evaluation"]["metrics"]
     assert metrics["model"] == name and metrics["dataset"] == dataset
     assert metrics["n"] == 10_000 and metrics["seed"] == 0
@@ -76,7 +78,8 @@ def test_model_card_reads_json_and_rejects_other_files(monkeypatch, tmp_path):
 def test_card_summary_shows_training_and_metrics_beside_the_floor():
     card = {
         "training": {"steps": 1200, "epochs": 2.0, "seconds": 600, "machine": "x86_64 CPU",
-                     "command": "genmnist train vae-mlp --config r.json"},
+                     "command": "genmnist train vae-mlp --config r.json",
+                     "guide": {"steps": 350, "seconds": 240, "command": "genmnist train g"}},
         "evaluation": {
             "command": "genmnist eval vae-mlp -n 10000",
             "metrics": {"n": 10000, "fid": 12.345, "fid_floor": 0.2, "acceptability": 0.5,
@@ -85,6 +88,7 @@ def test_card_summary_shows_training_and_metrics_beside_the_floor():
     }  # fmt: skip
     text = _card_summary(card)
     assert "1,200 steps (2.0 epochs) in 10 min" in text
+    assert "autoguidance guide: 350 steps, 4 min: genmnist train g" in text
     assert "FID 12.35 (real data 0.20)" in text
     assert "acceptability 50.0% (real data 98.0%)" in text
     assert "genmnist eval vae-mlp -n 10000" in text

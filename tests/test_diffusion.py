@@ -12,6 +12,7 @@ from genmnist.diffusion import (
     OBJECTIVES,
     SAMPLERS,
     SCHEDULES,
+    autoguidance,
     classifier_free_guidance,
     spaced_timesteps,
 )
@@ -223,6 +224,25 @@ def test_classifier_free_guidance_combines_predictions():
     torch.testing.assert_close(plain.flatten(), torch.tensor([3.0, 5.0]))
 
 
+def test_autoguidance_extrapolates_away_from_the_guide():
+    x, t = torch.zeros(2, 1, 1, 1), torch.zeros(2, dtype=torch.long)
+    calls = []
+
+    def model(x, t):
+        calls.append("model")
+        return torch.full_like(x, 3.0)
+
+    def guide(x, t):
+        calls.append("guide")
+        return torch.full_like(x, 1.0)
+
+    # guide + 2.5 * (model - guide) = 1 + 2.5 * 2
+    torch.testing.assert_close(autoguidance(model, guide, 2.5)(x, t), torch.full_like(x, 6.0))
+    calls.clear()
+    torch.testing.assert_close(autoguidance(model, guide, 1.0)(x, t), torch.full_like(x, 3.0))
+    assert calls == ["model"]  # scale 1 never runs the guide
+
+
 # ---------------------------------------------------------------- objectives and losses
 @pytest.mark.parametrize("name", ["eps", "x0", "v"])
 def test_objectives_invert_their_targets(name):
@@ -314,6 +334,62 @@ def test_ddpm_samples_in_bf16_by_default_close_to_fp32():
     assert (default - full).abs().mean() < 0.05
 
 
+def _ddpm_pair():
+    torch.manual_seed(0)
+    model = create_model("ddpm", **TINY)
+    guide = create_model("ddpm", **{**TINY, "channels": (4, 8, 8)})
+    for p in [*model.parameters(), *guide.parameters()]:
+        p.data.add_(torch.randn_like(p) * 0.05)
+    return model, guide
+
+
+def test_ddpm_with_guide_samples_with_autoguidance_and_round_trips(tmp_path):
+    model, guide = _ddpm_pair()
+    guided = model.with_guide(guide, scale=2.0)
+    assert guided.config.guide_channels == (4, 8, 8) and guided.takes_guidance
+    assert not model.takes_guidance and guided.name == "ddpm"
+    # scale 1 is the model alone; the default scale moves the samples
+    alone = model.sample(3, seed=1, precision="fp32")
+    torch.testing.assert_close(guided.sample(3, seed=1, precision="fp32", guidance=1.0), alone)
+    default = guided.sample(3, seed=1, precision="fp32")
+    assert (default - alone).abs().mean() > 1e-3
+    torch.testing.assert_close(default, guided.sample(3, seed=1, precision="fp32", guidance=2.0))
+    # the guide's weights travel with the model
+    loaded = load(guided.save_pretrained(tmp_path / "guided"))
+    assert loaded.config.guide_channels == (4, 8, 8) and loaded.config.guidance_scale == 2.0
+    torch.testing.assert_close(loaded.sample(3, seed=1, precision="fp32"), default)
+
+
+def test_ddpm_guide_must_match_and_guided_models_do_not_train():
+    model, guide = _ddpm_pair()
+    with pytest.raises(ConfigError, match="objective"):
+        model.with_guide(create_model("ddpm", **{**TINY, "objective": "eps"}), 2.0)
+    with pytest.raises(ConfigError, match="unconditional"):
+        model.with_guide(create_model("ddpm-cfg", **TINY), 2.0)
+    with pytest.raises(ConfigError, match="unconditional"):
+        create_model("ddpm-cfg", **TINY, guide_channels=(4, 8, 8))
+    guided = model.with_guide(guide, 2.0)
+    with pytest.raises(ConfigError, match="with_guide"):
+        guided.training_loss(torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), 0)
+    with pytest.raises(ConfigError, match="no guide network"):
+        model.sample(2, guidance=2.0)
+
+
+def test_cli_guidance_applies_to_a_guided_ddpm(capsys, tmp_path):
+    model, guide = _ddpm_pair()
+    folder = model.with_guide(guide, 2.0).save_pretrained(tmp_path / "ddpm")
+    out = tmp_path / "g.npy"
+    code, _, err = _cli(
+        capsys, "sample", "ddpm", "--checkpoint", folder, "-n", "2", "--guidance", "1.5",
+        "--seed", "0", "-o", out,
+    )  # fmt: skip
+    assert code == 0, err
+    import numpy as np
+
+    expected = load(folder).sample(2, seed=0, guidance=1.5).numpy()
+    assert np.allclose(np.load(out), expected, atol=1e-6)
+
+
 # ---------------------------------------------------------------- the command line
 @pytest.fixture
 def tiny_cfg_checkpoint(tmp_path):
@@ -370,3 +446,21 @@ def test_cli_diffusion_options_on_a_vae_are_usage_errors(capsys, tmp_path):
     )
     code, _, err = _cli(capsys, "sample", "vae-mlp", "--checkpoint", folder, "--steps", "5")
     assert code == 2 and "takes no --steps" in err
+    code, _, err = _cli(capsys, "sample", "vae-mlp", "--checkpoint", folder, "--temperature", "0")
+    assert code == 2 and "--temperature must be a positive number" in err
+    out = tmp_path / "s.npy"
+    code, _, err = _cli(
+        capsys, "sample", "vae-mlp", "--checkpoint", folder, "--temperature", "0.5", "-n", "3",
+        "-o", out, "--seed", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    import numpy as np
+
+    expected = load(folder).sample(3, seed=1, temperature=0.5).numpy()
+    assert np.allclose(np.load(out), expected, atol=1e-6)
+
+
+def test_cli_temperature_on_a_ddpm_is_a_usage_error(capsys, tmp_path):
+    folder = create_model("ddpm", **TINY).save_pretrained(tmp_path / "d")
+    code, _, err = _cli(capsys, "sample", "ddpm", "--checkpoint", folder, "--temperature", "1")
+    assert code == 2 and "takes no --temperature" in err

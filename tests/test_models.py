@@ -383,6 +383,25 @@ def test_reconstruct_leaves_a_training_model_unchanged(tiny_model, tiny_dataset)
     torch.testing.assert_close(together[:1], model.reconstruct(images[:1]), atol=1e-5, rtol=0)
 
 
+def test_vae_temperature_scales_the_prior_draws():
+    model = create_model("cvae", latent_dim=3, hidden_dims=[4, 8], temperature=1.0)
+    seen = []
+    decode = model.decode
+    model.decode = lambda z, labels=None: seen.append(z.clone()) or decode(z, labels)
+    model.sample(4, seed=5)
+    model.sample(4, seed=5, temperature=0.5)
+    torch.testing.assert_close(seen[1], 0.5 * seen[0])
+    # the config's temperature is the default
+    model.config = model.config.replace(temperature=0.5)
+    model.sample(4, seed=5)
+    torch.testing.assert_close(seen[2], seen[1])
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="temperature"):
+            model.sample(2, temperature=bad)
+    with pytest.raises(ConfigError, match="temperature"):
+        create_model("vae-mlp", temperature=0.0)
+
+
 def test_interpolate_latents_linear_and_slerp():
     start, end = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 3.0, 0.0])
     linear = interpolate_latents(start, end, 5, "linear")

@@ -7,6 +7,7 @@ runtime failures, 130 for an interrupted run. Set ``GENMNIST_DEBUG=1`` for trace
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -37,7 +38,16 @@ SpacingOption = Annotated[
     str | None, typer.Option(help="Diffusion step spacing: uniform or log-snr.")
 ]
 GuidanceOption = Annotated[
-    float | None, typer.Option(min=0.0, help="Classifier-free guidance scale.")
+    float | None,
+    typer.Option(
+        min=0.0,
+        help="Guidance scale: classifier-free (conditional models) or autoguidance "
+        "(models with a guide network); 1 turns it off.",
+    ),
+]
+TemperatureOption = Annotated[
+    float | None,
+    typer.Option(help="VAE prior temperature: below 1 gives cleaner, less diverse samples."),
 ]
 
 
@@ -160,6 +170,12 @@ def _card_summary(card: dict) -> str:
             f"in {minutes:.0f} min on {training.get('machine', 'CPU')}"
         )
         lines.append(f"  recipe: {training.get('command')}")
+        guide = training.get("guide") or {}
+        if guide:
+            lines.append(
+                f"  autoguidance guide: {guide.get('steps', '?'):,} steps, "
+                f"{(guide.get('seconds') or 0) / 60:.0f} min: {guide.get('command')}"
+            )
     evaluation = card.get("evaluation") or {}
     metrics = evaluation.get("metrics") or {}
     shown = []
@@ -333,6 +349,7 @@ def sample(
     steps: StepsOption = None,
     spacing: SpacingOption = None,
     guidance: GuidanceOption = None,
+    temperature: TemperatureOption = None,
     gif: Annotated[
         Path | None, typer.Option(help="Also write an animated GIF of the denoising.")
     ] = None,
@@ -369,7 +386,13 @@ def sample(
     if label is not None:
         _check_label(name, label, model.config.num_classes)
     options = _sampling_options(
-        model, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance, gif=gif
+        model,
+        sampler=sampler,
+        steps=steps,
+        spacing=spacing,
+        guidance=guidance,
+        temperature=temperature,
+        gif=gif,
     )
     if seed is None:
         seed = random.randrange(2**31)
@@ -432,8 +455,12 @@ def _sampling_options(model, **given) -> dict:
                 raise UsageProblem(
                     f"unknown --spacing '{value}'; choose from {', '.join(SPACINGS)}"
                 )
-        if flag == "guidance" and not model.conditional:
-            raise UsageProblem(f"'{model.name}' is unconditional: it takes no --guidance")
+        if flag == "guidance" and not getattr(model, "takes_guidance", model.conditional):
+            raise UsageProblem(
+                f"'{model.name}' is unconditional and has no guide network: it takes no --guidance"
+            )
+        if flag == "temperature" and not (math.isfinite(value) and value > 0):
+            raise UsageProblem(f"--temperature must be a positive number, got {value}")
         if flag != "gif":
             options[option] = value
     return options

@@ -20,6 +20,7 @@ from genmnist.cli import (
     SamplerOption,
     SpacingOption,
     StepsOption,
+    TemperatureOption,
     UsageProblem,
     _check_dataset,
     _console,
@@ -169,6 +170,7 @@ def eval_command(
     steps: StepsOption = None,
     spacing: SpacingOption = None,
     guidance: GuidanceOption = None,
+    temperature: TemperatureOption = None,
 ) -> None:
     """Evaluate a model: FID/KID/precision/recall with their real-data floor, IS,
     acceptability, class coverage, VAE and efficiency metrics."""
@@ -176,7 +178,12 @@ def eval_command(
     err = _err_console()
     model, run_dir, _ = _resolve(name, checkpoint, dataset)
     options = _sampling_options(
-        model, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance
+        model,
+        sampler=sampler,
+        steps=steps,
+        spacing=spacing,
+        guidance=guidance,
+        temperature=temperature,
     )
     result = _evaluate(
         model,

@@ -5,6 +5,7 @@ from genmnist.diffusion.objectives import OBJECTIVES, Objective
 from genmnist.diffusion.samplers import (
     SAMPLERS,
     SPACINGS,
+    autoguidance,
     classifier_free_guidance,
     spaced_timesteps,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "SPACINGS",
     "NoiseSchedule",
     "Objective",
+    "autoguidance",
     "classifier_free_guidance",
     "spaced_timesteps",
 ]

@@ -230,3 +230,21 @@ def classifier_free_guidance(
         return unconditional + scale * (conditional - unconditional)
 
     return denoise
+
+
+def autoguidance(predict: Denoiser, predict_guide: Denoiser, scale: float) -> Denoiser:
+    """Wrap two data predictors ``predict(x, t)`` into a denoiser with autoguidance
+    (Karras et al., 2024): ``x0 = x0_guide + scale * (x0 - x0_guide)``, where the guide is
+    a weaker version of the same model (smaller, trained for fewer steps).
+
+    ``scale=1`` is the model alone (one model call per step); larger values move samples
+    away from the guide's errors.
+    """
+    if scale == 1.0:
+        return predict
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        guide = predict_guide(x, t)
+        return guide + scale * (predict(x, t) - guide)
+
+    return denoise

@@ -9,6 +9,7 @@ those means, decoded from ``z ~ N(0, I)``.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,9 @@ class VAEConfig(ModelConfig):
         reconstruction: Reconstruction loss name (``bce``, ``mse``, ``l1``).
         beta: Weight of the KL term (beta-VAE; 1 is the ELBO).
         kl_warmup_steps: Steps over which the KL weight rises from 0 to ``beta``.
+        temperature: Default standard deviation of the prior draws at sampling. Below 1
+            (reduced-temperature sampling) gives cleaner, more typical samples at a cost in
+            diversity (recall); 1 samples the model's prior exactly.
         epochs: Default number of training epochs.
     """
 
@@ -63,6 +67,7 @@ class VAEConfig(ModelConfig):
     reconstruction: str = "bce"
     beta: float = 1.0
     kl_warmup_steps: int = 0
+    temperature: float = 1.0
     epochs: int = 10
 
 
@@ -76,6 +81,7 @@ class VAE(GenerativeModel):
     config_class = VAEConfig
     default_name = "vae"
     bf16_helps = True  # measured on 2 CPU cores: 2.6x (MLP), 1.6x (conv) images/s
+    sampling_options = ("temperature",)
     config: VAEConfig
 
     def __init__(self, config: VAEConfig | None = None, **overrides) -> None:
@@ -83,6 +89,7 @@ class VAE(GenerativeModel):
         cfg = self.config
         if cfg.latent_dim <= 0:
             raise ConfigError("latent_dim must be positive")
+        check_temperature(cfg.temperature)
         RECONSTRUCTION_LOSSES.get(cfg.reconstruction)  # fail early on an unknown name
         shared = dict(
             hidden_dims=tuple(cfg.hidden_dims),
@@ -157,8 +164,19 @@ class VAE(GenerativeModel):
         path_labels = None if labels is None else pair_labels[:1].repeat(steps)
         return self.decode(path, path_labels).cpu()
 
-    def generate(self, noise: SampleNoise, labels: torch.Tensor | None) -> torch.Tensor:
-        z = noise.randn(self.config.latent_dim)
+    def generate(
+        self, noise: SampleNoise, labels: torch.Tensor | None, temperature: float | None = None
+    ) -> torch.Tensor:
+        """Decode one batch of prior draws ``z ~ N(0, temperature^2 I)``.
+
+        Args:
+            noise: Per-sample noise source.
+            labels: Class labels (conditional models).
+            temperature: Standard deviation of the draws (default: the config's).
+        """
+        temperature = self.config.temperature if temperature is None else temperature
+        check_temperature(temperature)
+        z = noise.randn(self.config.latent_dim) * temperature
         return self.decode(z, labels)
 
     def training_loss(
@@ -178,6 +196,12 @@ class VAE(GenerativeModel):
             "kl": kl.detach(),
             "elbo": -(reconstruction + kl).detach(),
         }
+
+
+def check_temperature(temperature: float) -> None:
+    """Refuse a sampling temperature that is not a positive finite number."""
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ConfigError(f"temperature must be a positive number, got {temperature}")
 
 
 def interpolate_latents(
@@ -230,4 +254,8 @@ MODELS.register(
     latent_dim=8,
     norm="batch",
     num_classes=10,
+    # Reduced-temperature sampling, measured over 2,000 samples of the shipped weights:
+    # 0.65 is the warmest temperature with >= 80% acceptability (81%, FID 8.9; at 1.0:
+    # 67%, FID 10.3), at a cost in recall (0.32 instead of 0.61).
+    temperature=0.65,
 )
