@@ -455,7 +455,7 @@ def _sampling_options(model, **given) -> dict:
                 raise UsageProblem(
                     f"unknown --spacing '{value}'; choose from {', '.join(SPACINGS)}"
                 )
-        if flag == "guidance" and not getattr(model, "takes_guidance", model.conditional):
+        if flag == "guidance" and not model.takes_guidance:
             raise UsageProblem(
                 f"'{model.name}' is unconditional and has no guide network: it takes no --guidance"
             )

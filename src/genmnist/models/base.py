@@ -247,6 +247,12 @@ class GenerativeModel(nn.Module):
         return self.config.num_classes > 0
 
     @property
+    def takes_guidance(self) -> bool:
+        """True if sampling has a guidance scale (``guidance`` option); by default, when
+        the model is conditional."""
+        return self.conditional
+
+    @property
     def device(self) -> torch.device:
         """Device of the model's first parameter (CPU for a model without any)."""
         for p in self.parameters():

@@ -132,7 +132,7 @@ class DDPM(GenerativeModel):
 
     @property
     def takes_guidance(self) -> bool:
-        """True if sampling has a guidance scale: conditional, or with a guide network."""
+        """Conditional (classifier-free guidance) or with a guide network (autoguidance)."""
         return self.conditional or self.guide is not None
 
     @property
@@ -248,11 +248,15 @@ class DDPM(GenerativeModel):
             spacing or cfg.spacing,
             self.schedule,
         )
+        if guidance is not None and not self.takes_guidance:
+            raise ConfigError(
+                f"model '{self.name}' is unconditional and has no guide network: "
+                "guidance does not apply"
+            )
+        scale = cfg.guidance_scale if guidance is None else guidance
         if self.conditional:
-            scale = cfg.guidance_scale if guidance is None else guidance
             denoise = classifier_free_guidance(self.predict_x0, labels, self.null_label, scale)
         elif self.guide is not None:
-            scale = cfg.guidance_scale if guidance is None else guidance
             guided = autoguidance(
                 partial(self._x0_of, self.unet), partial(self._x0_of, self.guide), scale
             )
@@ -260,11 +264,6 @@ class DDPM(GenerativeModel):
             def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 return guided(x, t).clamp(-1, 1)
 
-        elif guidance is not None:
-            raise ConfigError(
-                f"model '{self.name}' is unconditional and has no guide network: "
-                "guidance does not apply"
-            )
         else:
             denoise = self.predict_x0
 
