@@ -101,7 +101,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from genmnist.metrics import evaluate
 
     read_card(args.dataset, args.name)  # fail before measuring if there is no card
-    model = genmnist.load(args.name, dataset=args.dataset)
+    # --checkpoint: measure another model for this card, such as a distilled model's
+    # teacher over the guidance scale the student learned
+    model = genmnist.load(args.checkpoint or args.name, dataset=args.dataset)
     if args.steps:
         option, values = "steps", [int(v) for v in args.steps]
     elif args.guidance:
@@ -121,17 +123,25 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     extra = "".join(f" --{k} {v}" for k, v in fixed.items()) + f" --{option} VALUE"
+    if args.checkpoint:
+        extra = f" --checkpoint {args.checkpoint}" + extra
     card = read_card(args.dataset, args.name)  # again: other steps may have written it
-    same = [s for s in card.get("sweeps", []) if (s["option"], s["fixed"]) == (option, fixed)]
+
+    def key(sweep: dict) -> tuple:
+        return sweep["option"], sweep["fixed"], sweep.get("checkpoint")
+
+    mine = (option, fixed, args.checkpoint)
+    same = [s for s in card.get("sweeps", []) if key(s) == mine]
     if same and same[0]["n"] == args.n:  # add to the earlier measurements of this sweep
         measured = {row[option]: row for row in same[0]["rows"]}
         measured.update({row[option]: row for row in rows})
         rows = [measured[v] for v in sorted(measured)]
-    sweeps = [s for s in card.get("sweeps", []) if (s["option"], s["fixed"]) != (option, fixed)]
+    sweeps = [s for s in card.get("sweeps", []) if key(s) != mine]
     sweeps.append(
         {
             "option": option,
             "fixed": fixed,
+            **({"checkpoint": args.checkpoint} if args.checkpoint else {}),
             "n": args.n,
             "command": eval_command(args.name, args.dataset, args.n, extra),
             "rows": rows,
@@ -222,6 +232,20 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
             + f": {guide.get('steps', 0):,} steps, {guide.get('seconds', 0) / 60:.0f} min, "
             "attached with `python recipes/export.py RUN --guide GUIDE_RUN`"
         )
+    distillation = training.get("distillation")
+    if distillation:
+        out.append(
+            f"- **Guidance distillation**: `{distillation['command']}` (seed "
+            f"{distillation.get('seed')})"
+            + (
+                f" with `{json.dumps(distillation['recipe'])}`"
+                if distillation.get("recipe")
+                else ""
+            )
+            + f": {distillation.get('steps', 0):,} steps, "
+            f"{distillation.get('seconds', 0) / 60:.0f} min. The teacher is the run above with "
+            "its guide; the student samples with one U-Net call per step instead of two"
+        )
     evaluation = card.get("evaluation")
     if evaluation:
         metrics = evaluation["metrics"]
@@ -240,9 +264,10 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
             for k in ("fid", "acceptability", "conditional_accuracy", "sampling_seconds")
             if any(k in row for row in sweep["rows"])
         ]
+        of = f" of `{sweep['checkpoint']}`" if sweep.get("checkpoint") else ""
         out += [
             "",
-            f"Trade-off over `--{option}` (n = {sweep['n']:,}, so FID reads higher "
+            f"Trade-off over `--{option}`{of} (n = {sweep['n']:,}, so FID reads higher "
             f"than at 10,000; times from a shared CPU; `{sweep['command']}`):",
             "",
         ]
@@ -279,6 +304,7 @@ def main() -> None:
     sweep = sub.add_parser("sweep", help="measure one model over steps or guidance")
     sweep.add_argument("name")
     sweep.add_argument("--dataset", default="mnist")
+    sweep.add_argument("--checkpoint", help="measure this model folder instead (e.g. a teacher)")
     sweep.add_argument("-n", type=int, default=2000)
     sweep.add_argument(
         "--set", nargs="*", default=[], help="fixed sampling options, e.g. spacing=log-snr"

@@ -12,6 +12,15 @@ unconditional DDPM (`genmnist.models.DDPM.with_guide`); its training record goes
 card too:
 
     python recipes/export.py runs/mnist/ddpm --fp32 --guide runs/mnist/ddpm-guide
+
+``--out FOLDER`` writes the (guided) model to a folder instead of the package, without a
+card: that is how `recipes/train.sh` builds the teacher of a guidance distillation run.
+A distilled run (``distill_teacher`` in its config) is exported with ``--teacher RUN
+--guide RUN`` naming its teacher's two runs, whose training records go on the card beside
+the distillation's own:
+
+    python recipes/export.py runs/mnist/ddpm-distill --fp32 \
+        --teacher runs/mnist/ddpm --guide runs/mnist/ddpm-guide
 """
 
 from __future__ import annotations
@@ -81,14 +90,25 @@ def main() -> None:
         help="run folder of the autoguidance guide (a short run of the same U-Net); its "
         "recipe is recipes/<dataset>/<model>.guide.json",
     )
+    parser.add_argument(
+        "--teacher", type=Path, help="main run of a distilled model's teacher (see --guide)"
+    )
+    parser.add_argument("--out", type=Path, help="write the model to this folder instead (no card)")
     args = parser.parse_args()
 
     model = genmnist.load(args.run)
+    distilled = bool(getattr(model, "distilled", False))
+    if distilled != (args.teacher is not None):
+        parser.error("--teacher names the teacher's run of a distilled model, and only that")
     if args.set:
         changes = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
         model.config = model.config.replace(**changes)
-    if args.guide is not None:
+    if args.guide is not None and not distilled:
         model = model.with_guide(genmnist.load(args.guide), model.config.guidance_scale)
+    if args.out is not None:
+        model.save_pretrained(args.out)
+        print(f"{args.out}: {model.name} written (float32)")
+        return
     target = PACKAGE_ROOT / args.dataset / model.name
     weights = target / "model.safetensors"
     before = load_tensors(weights)[0] if weights.is_file() else None
@@ -114,7 +134,8 @@ def main() -> None:
     worst = (a - b).abs().max().item() * 255
     print(f"{target}: largest pixel change from {storage} storage {worst:.2f}/255")
 
-    recipe = args.recipe or REPO / "recipes" / args.dataset / f"{model.name}.json"
+    recipes = REPO / "recipes" / args.dataset
+    recipe = args.recipe or recipes / f"{model.name}.json"
     card_path = target / "card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     card.update(
@@ -124,9 +145,21 @@ def main() -> None:
         dataset=args.dataset,
         weights={"dtype": storage, "parameters": model.num_parameters()},
         training=training_record(
-            args.run, args.dataset, model.name, recipe.resolve() if recipe.is_file() else None
+            args.teacher if distilled else args.run,
+            args.dataset,
+            model.name,
+            recipe.resolve() if recipe.is_file() else None,
         ),
     )
+    if distilled:
+        distill_recipe = recipes / f"{model.name}.distill.json"
+        card["training"]["distillation"] = training_record(
+            args.run,
+            args.dataset,
+            model.name,
+            distill_recipe if distill_recipe.is_file() else None,
+            out=f"runs/{args.dataset}/{model.name}-distill",
+        )
     if args.guide is not None:
         guide_recipe = REPO / "recipes" / args.dataset / f"{model.name}.guide.json"
         guide = training_record(

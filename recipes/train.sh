@@ -3,9 +3,12 @@
 # Each run resumes if its folder already holds a checkpoint, so rerun after an interruption.
 # A model with a <model>.guide.json recipe also gets its autoguidance guide: a short run of
 # the same U-Net into runs/<dataset>/<model>-guide, attached by recipes/export.py --guide.
+# A model with a <model>.distill.json recipe is then distilled: the main run plus its guide
+# become the teacher (runs/<dataset>/<model>-teacher), whose guided denoiser a student
+# learns in runs/<dataset>/<model>-distill (one U-Net call per sampling step instead of two).
 set -euo pipefail
 dataset=${1:-mnist}; shift || true
-models=("$@"); [ ${#models[@]} -gt 0 ] || models=($(ls "recipes/$dataset" | grep -v '\.guide\.json$' | sed 's/\.json$//'))
+models=("$@"); [ ${#models[@]} -gt 0 ] || models=($(ls "recipes/$dataset" | grep -v -e '\.guide\.json$' -e '\.distill\.json$' | sed 's/\.json$//'))
 guide_steps=350  # measured best of 100/175/350/700 steps for the mnist ddpm
 train() {  # train MODEL OUT RECIPE [extra flags...]
   local model=$1 out=$2 recipe=$3; shift 3
@@ -20,5 +23,11 @@ for model in "${models[@]}"; do
   guide="recipes/$dataset/$model.guide.json"
   if [ -f "$guide" ]; then
     train "$model" "runs/$dataset/$model-guide" "$guide" --max-steps "$guide_steps"
+  fi
+  distill="recipes/$dataset/$model.distill.json"
+  if [ -f "$distill" ]; then
+    python recipes/export.py "runs/$dataset/$model" --dataset "$dataset" \
+      --guide "runs/$dataset/$model-guide" --out "runs/$dataset/$model-teacher"
+    train "$model" "runs/$dataset/$model-distill" "$distill"
   fi
 done

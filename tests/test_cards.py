@@ -40,8 +40,11 @@ def test_every_shipped_model_has_a_measured_card(dataset, name):
     training = card["training"]
     assert training["command"].startswith(f"genmnist train {name} ")
     assert training["steps"] > 0 and training["seconds"] > 0
-    # a guide network travels with its training record
-    assert ("guide" in training) == (getattr(model, "guide", None) is not None)
+    # a guide network, or a teacher's, travels with its training record
+    distilled = getattr(model, "distilled", False)
+    assert ("distillation" in training) == distilled
+    guided = getattr(model, "guide", None) is not None
+    assert ("guide" in training) == (guided or (distilled and not model.conditional))
     metrics = card["evaluation"]["metrics"]
     assert metrics["model"] == name and metrics["dataset"] == dataset
     assert metrics["n"] == 10_000 and metrics["seed"] == 0
@@ -79,7 +82,9 @@ def test_card_summary_shows_training_and_metrics_beside_the_floor():
     card = {
         "training": {"steps": 1200, "epochs": 2.0, "seconds": 600, "machine": "x86_64 CPU",
                      "command": "genmnist train vae-mlp --config r.json",
-                     "guide": {"steps": 350, "seconds": 240, "command": "genmnist train g"}},
+                     "guide": {"steps": 350, "seconds": 240, "command": "genmnist train g"},
+                     "distillation": {"steps": 900, "seconds": 1200,
+                                      "command": "genmnist train d"}},
         "evaluation": {
             "command": "genmnist eval vae-mlp -n 10000",
             "metrics": {"n": 10000, "fid": 12.345, "fid_floor": 0.2, "acceptability": 0.5,
@@ -89,6 +94,7 @@ def test_card_summary_shows_training_and_metrics_beside_the_floor():
     text = _card_summary(card)
     assert "1,200 steps (2.0 epochs) in 10 min" in text
     assert "autoguidance guide: 350 steps, 4 min: genmnist train g" in text
+    assert "distillation: 900 steps, 20 min: genmnist train d" in text
     assert "FID 12.35 (real data 0.20)" in text
     assert "acceptability 50.0% (real data 98.0%)" in text
     assert "genmnist eval vae-mlp -n 10000" in text

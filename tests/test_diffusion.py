@@ -3,6 +3,7 @@ objectives, and the DDPM model wiring."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -388,6 +389,113 @@ def test_cli_guidance_applies_to_a_guided_ddpm(capsys, tmp_path):
 
     expected = load(folder).sample(2, seed=0, guidance=1.5).numpy()
     assert np.allclose(np.load(out), expected, atol=1e-6)
+
+
+def _teacher_folder(tmp_path, scale=3.0):
+    """A tiny autoguided DDPM saved as a folder, the teacher of a distillation run."""
+    model, guide = _ddpm_pair()
+    return model.with_guide(guide, scale).save_pretrained(tmp_path / "teacher")
+
+
+def _images(n=16):
+    return torch.rand(n, 1, 28, 28), torch.zeros(n, dtype=torch.long)
+
+
+def test_distillation_starts_from_the_teacher_and_learns_its_guided_estimate(tmp_path):
+    teacher_dir = _teacher_folder(tmp_path)
+    teacher = load(teacher_dir)
+    student = create_model("ddpm", **TINY, distill_teacher=str(teacher_dir), precision="fp32")
+    assert student.distilled and not student.takes_guidance
+    student.prepare_training("mnist", resume=False)
+    for key, value in teacher.unet.state_dict().items():
+        assert torch.equal(student.unet.state_dict()[key], value)
+    assert not any(k.startswith("_teacher") for k in student.state_dict())
+
+    x_t, t = torch.randn(4, 1, 28, 28), torch.tensor([5, 20, 35, 49])
+    # the target is the teacher's guided estimate (scale 3, its default) ...
+    torch.testing.assert_close(student._teacher_x0(x_t, t, None), teacher.denoiser(None)(x_t, t))
+    # ... and at scale 1 the teacher is its U-Net alone, which the student starts as
+    student.config = student.config.replace(distill_guidance=1.0)
+    torch.testing.assert_close(student._teacher_x0(x_t, t, None), student.predict_x0(x_t, t))
+
+    def loss(guidance):
+        student.config = student.config.replace(distill_guidance=guidance)
+        torch.manual_seed(0)
+        return float(student.training_loss(*_images(), step=0)["loss"].detach())
+
+    assert loss(3.0) > 5 * loss(1.0)  # guidance is what the student has to learn
+
+
+def test_distillation_training_moves_the_student_to_the_guided_teacher(tmp_path, tiny_dataset):
+    from genmnist.training import Trainer, TrainOptions
+
+    student = create_model(
+        "ddpm", **TINY, distill_teacher=str(_teacher_folder(tmp_path)), lr=1e-3,
+        warmup_steps=0, ema_decay=None, batch_size=32, precision="fp32",
+    )  # fmt: skip
+    images, labels = tiny_dataset.batch(torch.arange(64))
+
+    def distance_to_teacher():  # the distillation loss at fixed noise levels and noise
+        torch.manual_seed(5)
+        with torch.no_grad():
+            return float(student.training_loss(images, labels, step=0)["loss"])
+
+    student.prepare_training("mnist", resume=False)
+    before = distance_to_teacher()
+    options = TrainOptions(out=tmp_path / "run", max_steps=40, progress=False, device="cpu")
+    Trainer(student, options, dataset=tiny_dataset, log=lambda line: None).fit()
+    assert distance_to_teacher() < 0.7 * before
+    # sampling takes one U-Net call per step, and refuses a guidance scale
+    calls = []
+    student.unet.register_forward_hook(lambda *args: calls.append(1))
+    student.sample(2, seed=0, steps=4)
+    assert len(calls) == 4
+    with pytest.raises(ConfigError, match="distilled"):
+        student.sample(2, guidance=2.0)
+    # resuming keeps the trained weights instead of starting from the teacher again
+    loaded = load(tmp_path / "run")
+    loaded.prepare_training("mnist", resume=True)
+    torch.testing.assert_close(loaded.unet.state_dict(), student.unet.state_dict())
+
+
+def test_distillation_checks_its_teacher(tmp_path):
+    teacher_dir = _teacher_folder(tmp_path)
+    with pytest.raises(ConfigError, match="guide_channels"):
+        create_model("ddpm", **TINY, distill_teacher="x", guide_channels=(4, 8, 8))
+    wide = create_model(
+        "ddpm", **{**TINY, "channels": (8, 16, 32)}, distill_teacher=str(teacher_dir)
+    )
+    with pytest.raises(ConfigError, match="channels"):
+        wide.prepare_training("mnist", resume=False)
+    plain = create_model("ddpm", **TINY).save_pretrained(tmp_path / "plain")
+    with pytest.raises(ConfigError, match="no guidance to distil"):
+        create_model("ddpm", **TINY, distill_teacher=str(plain)).prepare_training("mnist", False)
+    student = create_model("ddpm", **TINY, distill_teacher=str(teacher_dir))
+    with pytest.raises(ConfigError, match="prepare_training"):
+        student.training_loss(*_images(2), step=0)
+    with pytest.raises(ConfigError, match="guide"):
+        student.with_guide(create_model("ddpm", **TINY), 2.0)
+
+
+def test_cli_trains_and_resumes_a_distillation_run(capsys, tmp_path, idx_root):
+    recipe = tmp_path / "distill.json"
+    teacher = _teacher_folder(tmp_path)
+    recipe.write_text(json.dumps({**TINY, "distill_teacher": str(teacher), "batch_size": 16}))
+    out = tmp_path / "student"
+    base = ["train", "ddpm", "--data-dir", idx_root, "--out", out, "--quiet", "--device", "cpu"]
+    code, _, err = _cli(capsys, *base, "--config", recipe, "--max-steps", "2")
+    assert code == 0, err
+    code, _, err = _cli(capsys, *base, "--resume", "--max-steps", "3")
+    assert code == 0, err
+    assert "Resumed" in err and load(out).config.distill_teacher == str(teacher)
+    code, _, err = _cli(capsys, "sample", "ddpm", "--checkpoint", out, "--guidance", "2")
+    assert code == 2 and "has its guidance distilled into it" in err
+    recipe.write_text(
+        json.dumps({**TINY, "distill_teacher": str(tmp_path / "no"), "batch_size": 16})
+    )
+    bad = ["train", "ddpm", "--data-dir", idx_root, "--out", tmp_path / "bad", "--quiet"]
+    code, _, err = _cli(capsys, *bad, "--config", recipe)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "distill_teacher" in err, err
 
 
 # ---------------------------------------------------------------- the command line

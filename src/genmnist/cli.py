@@ -170,12 +170,13 @@ def _card_summary(card: dict) -> str:
             f"in {minutes:.0f} min on {training.get('machine', 'CPU')}"
         )
         lines.append(f"  recipe: {training.get('command')}")
-        guide = training.get("guide") or {}
-        if guide:
-            lines.append(
-                f"  autoguidance guide: {guide.get('steps', '?'):,} steps, "
-                f"{(guide.get('seconds') or 0) / 60:.0f} min: {guide.get('command')}"
-            )
+        for key, title in (("guide", "autoguidance guide"), ("distillation", "distillation")):
+            stage = training.get(key) or {}
+            if stage:
+                lines.append(
+                    f"  {title}: {stage.get('steps', '?'):,} steps, "
+                    f"{(stage.get('seconds') or 0) / 60:.0f} min: {stage.get('command')}"
+                )
     evaluation = card.get("evaluation") or {}
     metrics = evaluation.get("metrics") or {}
     shown = []
@@ -456,9 +457,12 @@ def _sampling_options(model, **given) -> dict:
                     f"unknown --spacing '{value}'; choose from {', '.join(SPACINGS)}"
                 )
         if flag == "guidance" and not model.takes_guidance:
-            raise UsageProblem(
-                f"'{model.name}' is unconditional and has no guide network: it takes no --guidance"
+            why = (
+                "has its guidance distilled into it"
+                if getattr(model.config, "distill_teacher", "")
+                else "is unconditional and has no guide network"
             )
+            raise UsageProblem(f"'{model.name}' {why}: it takes no --guidance")
         if flag == "temperature" and not (math.isfinite(value) and value > 0):
             raise UsageProblem(f"--temperature must be a positive number, got {value}")
         if flag != "gif":

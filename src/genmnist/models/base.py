@@ -362,6 +362,16 @@ class GenerativeModel(nn.Module):
         """Per-phase overrides of the optimizer settings (e.g. ``{"lr": 4e-4}``)."""
         return {}
 
+    def prepare_training(self, dataset: str, resume: bool) -> None:
+        """Called by the trainer on the training device before it builds the optimizers,
+        the weight average and loads a checkpoint: load what training needs besides the
+        data (a distillation teacher) and set initial weights. Default: nothing.
+
+        Args:
+            dataset: The dataset being trained on.
+            resume: Whether a checkpoint will replace the weights next.
+        """
+
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
     ) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
-"""Denoising diffusion: DDPM training with fast samplers, classifier-free guidance and
-autoguidance.
+"""Denoising diffusion: DDPM training with fast samplers, classifier-free guidance,
+autoguidance and guidance distillation.
 
 Registered as ``ddpm`` (unconditional; guided by a shorter-trained copy of its U-Net when
 it has one) and ``ddpm-cfg`` (class-conditional with classifier-free guidance). Every
@@ -11,6 +11,7 @@ part is named in `DDPMConfig` and looked up in a registry: the noise schedule
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +27,7 @@ from genmnist.diffusion import (
     classifier_free_guidance,
     spaced_timesteps,
 )
-from genmnist.errors import ConfigError
+from genmnist.errors import CheckpointError, ConfigError
 from genmnist.losses import DIFFUSION_WEIGHTINGS, diffusion_mse
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.nn.unet import UNet
@@ -58,6 +59,14 @@ class DDPMConfig(ModelConfig):
         guide_channels: Channels of the guide U-Net used for autoguidance (Karras et al.,
             2024): a smaller, shorter-trained DDPM with the same schedule, objective, blocks
             and attention, attached after training with `DDPM.with_guide`. Empty: no guide.
+        distill_teacher: Guidance distillation (Meng et al., 2023): a model folder or
+            shipped model name whose *guided* denoiser this model learns to reproduce in one
+            U-Net call, halving the cost of sampling. Training loads the teacher, starts
+            from its U-Net weights and regresses onto its guided estimates at random noise
+            levels of real images. The distilled model has its guidance built in, so it
+            takes no guidance scale. Empty: an ordinary model, trained on data.
+        distill_guidance: The teacher's guidance scale to distil (None: the teacher's
+            default ``guidance_scale``).
         epochs: Default number of training epochs.
     """
 
@@ -76,6 +85,8 @@ class DDPMConfig(ModelConfig):
     spacing: str = "uniform"
     guidance_scale: float = 2.0
     guide_channels: tuple[int, ...] = ()
+    distill_teacher: str = ""
+    distill_guidance: float | None = None
     epochs: int = 10
     lr: float = 2e-3
     lr_schedule: str = "cosine"
@@ -88,7 +99,9 @@ class DDPM(GenerativeModel):
     """Denoising diffusion probabilistic model (Ho et al., 2020) with a U-Net denoiser,
     any registered schedule, objective and sampler, and classifier-free guidance
     (Ho & Salimans, 2022) when ``num_classes > 0``, or autoguidance by a guide network
-    (Karras et al., 2024) when unconditional and ``guide_channels`` is set."""
+    (Karras et al., 2024) when unconditional and ``guide_channels`` is set. With
+    ``distill_teacher`` set it learns a guided teacher's denoiser instead of the data's, and
+    samples at the teacher's quality with one U-Net call per step."""
 
     config_class = DDPMConfig
     default_name = "ddpm"
@@ -110,6 +123,15 @@ class DDPM(GenerativeModel):
             )
         if not 0.0 <= cfg.label_dropout < 1.0:
             raise ConfigError("label_dropout must be in [0, 1)")
+        if cfg.distill_teacher and cfg.guide_channels:
+            raise ConfigError(
+                "a distilled model (distill_teacher) has its guidance built in: it takes no "
+                "guide network (guide_channels)"
+            )
+        if cfg.distill_guidance is not None and not math.isfinite(cfg.distill_guidance):
+            raise ConfigError(
+                f"distill_guidance must be a finite number, got {cfg.distill_guidance}"
+            )
         self.unet = UNet(
             channels=tuple(cfg.channels),
             blocks_per_level=cfg.blocks_per_level,
@@ -129,11 +151,21 @@ class DDPM(GenerativeModel):
                 blocks_per_level=cfg.blocks_per_level,
                 attention_levels=tuple(cfg.attention_levels),
             )
+        # The teacher of a distillation run: set by `prepare_training`. Deliberately not
+        # a submodule, so that it stays out of the state dict, the optimizer and the saved
+        # weights.
+        object.__setattr__(self, "_teacher", None)
+
+    @property
+    def distilled(self) -> bool:
+        """Whether this model learned a guided teacher's denoiser (``distill_teacher``)."""
+        return bool(self.config.distill_teacher)
 
     @property
     def takes_guidance(self) -> bool:
-        """Conditional (classifier-free guidance) or with a guide network (autoguidance)."""
-        return self.conditional or self.guide is not None
+        """Conditional (classifier-free guidance) or with a guide network (autoguidance),
+        and not distilled (a distilled model has its guidance built in)."""
+        return not self.distilled and (self.conditional or self.guide is not None)
 
     @property
     def null_label(self) -> int:
@@ -176,6 +208,8 @@ class DDPM(GenerativeModel):
         """
         if self.conditional or guide.conditional:
             raise ConfigError("autoguidance needs an unconditional model and guide")
+        if self.distilled:
+            raise ConfigError("a distilled model has its guidance built in: it takes no guide")
         mine, theirs = self.config, guide.config
         for field in ("schedule", "timesteps", "objective", "blocks_per_level"):
             if getattr(mine, field) != getattr(theirs, field):
@@ -191,6 +225,41 @@ class DDPM(GenerativeModel):
         guided.unet.load_state_dict(self.unet.state_dict())
         guided.guide.load_state_dict(guide.unet.state_dict())
         return guided
+
+    def prepare_training(self, dataset: str, resume: bool) -> None:
+        """Load the teacher of a distillation run (``distill_teacher``, for ``dataset``
+        when it names shipped weights) and, for a new run, start from its U-Net weights."""
+        if not self.distilled:
+            return
+        from genmnist.models import load
+
+        source = self.config.distill_teacher
+        try:
+            teacher = load(source, dataset=dataset)
+        except CheckpointError as exc:
+            raise CheckpointError(f"distill_teacher: {exc}") from None
+        if not isinstance(teacher, DDPM):
+            raise ConfigError(
+                f"distill_teacher '{source}' is a {type(teacher).__name__}, not a DDPM"
+            )
+        mine, theirs = self.config, teacher.config
+        for field in ("num_classes", "schedule", "timesteps", "objective", "channels",
+                      "blocks_per_level", "attention_levels"):  # fmt: skip
+            if getattr(mine, field) != getattr(theirs, field):
+                raise ConfigError(
+                    f"distill_teacher '{source}': its {field} ({getattr(theirs, field)!r}) "
+                    f"differs from this model's ({getattr(mine, field)!r}); the student starts "
+                    "from the teacher's U-Net, so they must match"
+                )
+        if not teacher.takes_guidance:
+            raise ConfigError(
+                f"distill_teacher '{source}' has no guidance to distil (it is unconditional "
+                "without a guide network, or distilled already)"
+            )
+        teacher.eval().requires_grad_(False).to(self.device)
+        object.__setattr__(self, "_teacher", teacher)
+        if not resume:
+            self.unet.load_state_dict(teacher.unet.state_dict())
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
@@ -208,8 +277,15 @@ class DDPM(GenerativeModel):
         x_t = alpha * x0 + sigma * eps
         cond = None
         if self.conditional:
-            drop = torch.rand(b, device=x0.device) < self.config.label_dropout
-            cond = torch.where(drop, torch.full_like(labels, self.null_label), labels)
+            cond = labels
+            if not self.distilled:  # a student learns the guided estimate of every label
+                drop = torch.rand(b, device=x0.device) < self.config.label_dropout
+                cond = torch.where(drop, torch.full_like(labels, self.null_label), labels)
+        if self.distilled:
+            # The teacher's guided estimate of x0 replaces the data's, and implies its own
+            # noise: the student learns it with the usual objective and weighting.
+            x0 = self._teacher_x0(x_t, t, cond)
+            eps = (x_t - alpha * x0) / sigma
         output = self.unet(x_t, t, cond)
         target = self.objective.target(x0, eps, alpha, sigma)
         weights = self.weighting(
@@ -217,6 +293,45 @@ class DDPM(GenerativeModel):
             self.config.min_snr_gamma,
         )  # fmt: skip
         return {"loss": diffusion_mse(output, target, weights)}
+
+    def _teacher_x0(
+        self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        teacher = self._teacher
+        if teacher is None:
+            raise ConfigError(
+                "distillation needs its teacher: call prepare_training(dataset, resume) "
+                "before training_loss (the trainer does)"
+            )
+        with torch.no_grad():
+            return teacher.denoiser(labels, self.config.distill_guidance)(x_t, t).float()
+
+    def denoiser(
+        self, labels: torch.Tensor | None = None, guidance: float | None = None
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The clean-image estimator ``x0 = denoise(x_t, t)`` that samplers call, with
+        classifier-free guidance (conditional models) or autoguidance (models with a guide
+        network) at scale ``guidance`` (default: the config's ``guidance_scale``).
+
+        Raises:
+            ConfigError: ``guidance`` is given for a model that takes none.
+        """
+        if guidance is not None and not self.takes_guidance:
+            reason = (
+                "has its guidance distilled into it"
+                if self.distilled
+                else "is unconditional and has no guide network"
+            )
+            raise ConfigError(f"model '{self.name}' {reason}: guidance does not apply")
+        scale = self.config.guidance_scale if guidance is None else guidance
+        if not self.takes_guidance:
+            return partial(self.predict_x0, labels=labels)
+        if self.conditional:
+            return classifier_free_guidance(self.predict_x0, labels, self.null_label, scale)
+        guided = autoguidance(
+            partial(self._x0_of, self.unet), partial(self._x0_of, self.guide), scale
+        )
+        return lambda x, t: guided(x, t).clamp(-1, 1)
 
     def generate(
         self,
@@ -248,24 +363,7 @@ class DDPM(GenerativeModel):
             spacing or cfg.spacing,
             self.schedule,
         )
-        if guidance is not None and not self.takes_guidance:
-            raise ConfigError(
-                f"model '{self.name}' is unconditional and has no guide network: "
-                "guidance does not apply"
-            )
-        scale = cfg.guidance_scale if guidance is None else guidance
-        if self.conditional:
-            denoise = classifier_free_guidance(self.predict_x0, labels, self.null_label, scale)
-        elif self.guide is not None:
-            guided = autoguidance(
-                partial(self._x0_of, self.unet), partial(self._x0_of, self.guide), scale
-            )
-
-            def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return guided(x, t).clamp(-1, 1)
-
-        else:
-            denoise = self.predict_x0
+        denoise = self.denoiser(labels, guidance)
 
         def report(i: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
             callback(i, ((x_t + 1) / 2).clamp(0, 1), (x0 + 1) / 2)
