@@ -86,6 +86,17 @@ def test_spaced_timesteps_cover_both_ends_for_any_count():
             spaced_timesteps(1000, bad)
 
 
+def test_trailing_spacing_ends_one_gap_above_zero():
+    assert spaced_timesteps(1000, 6, "trailing").tolist() == [999, 832, 666, 499, 332, 166]
+    for steps in (1, 2, 3, 7, 20, 333, 999, 1000):
+        ts = spaced_timesteps(1000, steps, "trailing")
+        assert len(ts) == steps and ts[0] == 999
+        assert torch.all(ts[1:] < ts[:-1]) and ts[-1] >= 0
+        gaps = (ts[:-1] - ts[1:]).tolist() + [ts[-1].item() + 1]  # the last gap ends at -1
+        assert max(gaps) - min(gaps) <= 1  # even up to rounding
+    assert torch.equal(spaced_timesteps(1000, 1000, "trailing"), torch.arange(999, -1, -1))
+
+
 @pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
 def test_log_snr_spacing_is_even_in_log_snr_after_the_first_step(name):
     schedule = SCHEDULES.create(name, timesteps=1000)

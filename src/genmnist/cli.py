@@ -35,14 +35,14 @@ SamplerOption = Annotated[
 ]
 StepsOption = Annotated[int | None, typer.Option(min=1, help="Diffusion sampling steps.")]
 SpacingOption = Annotated[
-    str | None, typer.Option(help="Diffusion step spacing: uniform or log-snr.")
+    str | None, typer.Option(help="Diffusion step spacing: uniform, trailing or log-snr.")
 ]
 GuidanceOption = Annotated[
     float | None,
     typer.Option(
         min=0.0,
         help="Guidance scale: classifier-free (conditional models) or autoguidance "
-        "(models with a guide network); 1 turns it off.",
+        "(models with a guide network); 1 turns it off. Distilled models have it built in.",
     ),
 ]
 TemperatureOption = Annotated[

@@ -36,7 +36,7 @@ SAMPLERS: Registry = Registry("sampler")
 
 
 #: Names of the step spacings `spaced_timesteps` knows.
-SPACINGS = ("uniform", "log-snr")
+SPACINGS = ("uniform", "trailing", "log-snr")
 
 
 def spaced_timesteps(
@@ -45,7 +45,7 @@ def spaced_timesteps(
     spacing: str = "uniform",
     schedule: NoiseSchedule | None = None,
 ) -> torch.Tensor:
-    """``steps`` distinct descending steps from ``total - 1`` down to 0, both included.
+    """``steps`` distinct descending steps, the first at ``total - 1``.
 
     Starting exactly at the last step matters: spacings that start below it (the
     "leading" spacing of some DDIM implementations) never begin from pure noise and waste
@@ -54,7 +54,13 @@ def spaced_timesteps(
     Args:
         total: Number of steps ``T`` of the schedule.
         steps: How many steps to visit (1..``T``).
-        spacing: ``"uniform"``: evenly spaced in ``t``. ``"log-snr"``: evenly spaced in
+        spacing: ``"uniform"``: evenly spaced in ``t`` from ``T - 1`` down to 0.
+            ``"trailing"`` (Lin et al., 2024, "Common Diffusion Noise Schedules and Sample
+            Steps are Flawed"): evenly spaced ``T/steps`` apart from ``T - 1`` down to
+            ``T/steps - 1``; the sampler then jumps to clean data. Every model call does
+            useful work, where the uniform spacing spends its last one at ``t = 0``, on an
+            image that is already clean, which matters most at few steps.
+            ``"log-snr"``: evenly spaced in
             log signal-to-noise ratio between ``t = T - 2`` and 0, plus ``T - 1`` first (the
             spacing DPM-Solver recommends for low-resolution images; the first step is kept
             separate because a cosine schedule's last step has an extreme log-SNR that
@@ -67,6 +73,9 @@ def spaced_timesteps(
         raise ConfigError(f"unknown step spacing '{spacing}' (choose from {', '.join(SPACINGS)})")
     if steps == 1:
         return torch.tensor([total - 1])
+    if spacing == "trailing":
+        width = total / steps
+        return (total - width * torch.arange(steps, dtype=torch.float64)).round().long() - 1
     if spacing == "uniform" or steps == 2:
         return torch.linspace(total - 1, 0, steps, dtype=torch.float64).round().long()
     if schedule is None:

@@ -2,7 +2,8 @@
 autoguidance and guidance distillation.
 
 Registered as ``ddpm`` (unconditional; guided by a shorter-trained copy of its U-Net when
-it has one) and ``ddpm-cfg`` (class-conditional with classifier-free guidance). Every
+it has one, or distilled from such a guided teacher, as the shipped weights are) and
+``ddpm-cfg`` (class-conditional with classifier-free guidance). Every
 part is named in `DDPMConfig` and looked up in a registry: the noise schedule
 (`SCHEDULES`), what the U-Net predicts (`OBJECTIVES`), the loss weighting
 (`DIFFUSION_WEIGHTINGS`) and the default sampler (`SAMPLERS`). Images are scaled to
@@ -52,8 +53,8 @@ class DDPMConfig(ModelConfig):
             the unconditional model that classifier-free guidance needs.
         sampler: Default sampler name.
         sampling_steps: Default number of sampling steps.
-        spacing: How the sampling steps are spread over ``t`` (``uniform`` or ``log-snr``,
-            see `spaced_timesteps`).
+        spacing: How the sampling steps are spread over ``t`` (``uniform``, ``trailing``
+            or ``log-snr``, see `spaced_timesteps`).
         guidance_scale: Default guidance scale: classifier-free guidance for conditional
             models, autoguidance for unconditional models with a guide network.
         guide_channels: Channels of the guide U-Net used for autoguidance (Karras et al.,
@@ -377,7 +378,7 @@ MODELS.register(
     "ddpm",
     DDPM,
     description="Unconditional DDPM: U-Net, cosine schedule, v-objective, DPM-Solver++ "
-    "sampling, autoguidance when it has a guide network",
+    "sampling, autoguidance by a guide network or distilled from an autoguided teacher",
 )
 MODELS.register(
     "ddpm-cfg",
