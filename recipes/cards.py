@@ -227,28 +227,21 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
             f"epochs, {minutes:.0f} min on {training.get('machine')}"
             + (f" ({training['note']})" if training.get("note") else "")
         )
-    guide = training.get("guide")
-    if guide:
-        out.append(
-            f"- **Autoguidance guide**: `{guide['command']}` (seed {guide.get('seed')})"
-            + (f" with `{json.dumps(guide['recipe'])}`" if guide.get("recipe") else "")
-            + f": {guide.get('steps', 0):,} steps, {guide.get('seconds', 0) / 60:.0f} min, "
-            "attached with `python recipes/export.py RUN --guide GUIDE_RUN`"
-        )
-    distillation = training.get("distillation")
-    if distillation:
-        out.append(
-            f"- **Guidance distillation**: `{distillation['command']}` (seed "
-            f"{distillation.get('seed')})"
-            + (
-                f" with `{json.dumps(distillation['recipe'])}`"
-                if distillation.get("recipe")
-                else ""
+    stages = (
+        ("guide", "Autoguidance guide", ", attached with "
+         "`python recipes/export.py RUN --guide GUIDE_RUN`"),
+        ("distillation", "Guidance distillation", ". The teacher is the run above with its "
+         "guide; the student samples with one U-Net call per step instead of two"),
+    )  # fmt: skip
+    for key, title, remark in stages:
+        stage = training.get(key)
+        if stage:
+            out.append(
+                f"- **{title}**: `{stage['command']}` (seed {stage.get('seed')})"
+                + (f" with `{json.dumps(stage['recipe'])}`" if stage.get("recipe") else "")
+                + f": {stage.get('steps', 0):,} steps, {stage.get('seconds', 0) / 60:.0f} min"
+                + remark
             )
-            + f": {distillation.get('steps', 0):,} steps, "
-            f"{distillation.get('seconds', 0) / 60:.0f} min. The teacher is the run above with "
-            "its guide; the student samples with one U-Net call per step instead of two"
-        )
     evaluation = card.get("evaluation")
     if evaluation:
         metrics = evaluation["metrics"]

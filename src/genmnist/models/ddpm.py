@@ -34,6 +34,13 @@ from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.nn.unet import UNet
 from genmnist.registry import MODELS
 
+#: Config fields a guide network must share with the model it guides.
+_SHARED_WITH_GUIDE = ("schedule", "timesteps", "objective", "blocks_per_level", "attention_levels")
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
 
 @dataclass
 class DDPMConfig(ModelConfig):
@@ -211,21 +218,24 @@ class DDPM(GenerativeModel):
             raise ConfigError("autoguidance needs an unconditional model and guide")
         if self.distilled:
             raise ConfigError("a distilled model has its guidance built in: it takes no guide")
-        mine, theirs = self.config, guide.config
-        for field in ("schedule", "timesteps", "objective", "blocks_per_level"):
-            if getattr(mine, field) != getattr(theirs, field):
-                raise ConfigError(
-                    f"the guide's {field} ({getattr(theirs, field)!r}) differs from the "
-                    f"model's ({getattr(mine, field)!r})"
-                )
-        if tuple(mine.attention_levels) != tuple(theirs.attention_levels):
-            raise ConfigError("the guide's attention_levels differ from the model's")
-        config = mine.replace(guide_channels=tuple(theirs.channels), guidance_scale=scale)
+        self._check_matches(guide, "the guide", _SHARED_WITH_GUIDE)
+        config = self.config.replace(
+            guide_channels=tuple(guide.config.channels), guidance_scale=scale
+        )
         guided = DDPM(config).to(self.device)
         guided.name = self.name
         guided.unet.load_state_dict(self.unet.state_dict())
         guided.guide.load_state_dict(guide.unet.state_dict())
         return guided
+
+    def _check_matches(self, other: DDPM, who: str, fields: tuple[str, ...]) -> None:
+        """Raise `ConfigError` naming the first config field in which ``other`` differs."""
+        for field in fields:
+            theirs, mine = getattr(other.config, field), getattr(self.config, field)
+            if _as_tuple(theirs) != _as_tuple(mine):  # a config built by hand may hold lists
+                raise ConfigError(
+                    f"{who}: its {field} ({theirs!r}) differs from the model's ({mine!r})"
+                )
 
     def prepare_training(self, dataset: str, resume: bool) -> None:
         """Load the teacher of a distillation run (``distill_teacher``, for ``dataset``
@@ -243,15 +253,9 @@ class DDPM(GenerativeModel):
             raise ConfigError(
                 f"distill_teacher '{source}' is a {type(teacher).__name__}, not a DDPM"
             )
-        mine, theirs = self.config, teacher.config
-        for field in ("num_classes", "schedule", "timesteps", "objective", "channels",
-                      "blocks_per_level", "attention_levels"):  # fmt: skip
-            if getattr(mine, field) != getattr(theirs, field):
-                raise ConfigError(
-                    f"distill_teacher '{source}': its {field} ({getattr(theirs, field)!r}) "
-                    f"differs from this model's ({getattr(mine, field)!r}); the student starts "
-                    "from the teacher's U-Net, so they must match"
-                )
+        # the student starts from the teacher's U-Net, so it needs the same one
+        fields = (*_SHARED_WITH_GUIDE, "num_classes", "channels")
+        self._check_matches(teacher, f"distill_teacher '{source}'", fields)
         if not teacher.takes_guidance:
             raise ConfigError(
                 f"distill_teacher '{source}' has no guidance to distil (it is unconditional "
