@@ -5,10 +5,10 @@
         -n 10000 -o docs/comparison/mnist
     python recipes/cards.py metrics docs/comparison/mnist/metrics.json
     # 2. sampling trade-offs of the diffusion models (smaller n: FID is biased upwards)
-    python recipes/cards.py sweep ddpm --steps 4 5 6 8 10 15 -n 2000 --set spacing=trailing
+    python recipes/cards.py sweep ddpm --steps 4 5 6 8 10 -n 2000 --set spacing=trailing
     python recipes/cards.py sweep ddpm-cfg --guidance 1 1.5 2 3 4 -n 2000
     # the distilled ddpm takes no guidance: measure its teacher over the scale it learned
-    python recipes/cards.py sweep ddpm --checkpoint runs/mnist/ddpm-teacher \
+    python recipes/cards.py sweep ddpm --checkpoint runs/mnist/ddpm \
         --guidance 1 1.5 2 2.5 3 -n 2000 --set steps=6 spacing=trailing
     python recipes/cards.py sweep cvae --temperature 0.5 0.6 0.7 0.8 1 -n 2000
     # 3. the docs page
@@ -180,7 +180,7 @@ def render_docs() -> str:
         "To reproduce a model: `bash recipes/train.sh mnist NAME` (it resumes an",
         "interrupted run), `python recipes/export.py runs/mnist/NAME` (add `--fp32` for the",
         "diffusion models; `ddpm` is exported from `runs/mnist/ddpm-distill` with",
-        "`--teacher runs/mnist/ddpm --guide runs/mnist/ddpm-guide`) to copy the",
+        "`--teacher runs/mnist/ddpm`) to copy the",
         "weights into the package, then measure as described at the top of",
         "`recipes/cards.py`. Numbers were measured on a 2-core x86_64 CPU",
         "without a GPU, usually while other jobs shared it, so training times are upper",
@@ -230,8 +230,9 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
     stages = (
         ("guide", "Autoguidance guide", ", attached with "
          "`python recipes/export.py RUN --guide GUIDE_RUN`"),
-        ("distillation", "Guidance distillation", ". The teacher is the run above with its "
-         "guide; the student samples with one U-Net call per step instead of two"),
+        ("distillation", "Guidance distillation", ". The teacher is the run above"
+         + (" with its guide" if "guide" in training else "")
+         + "; the student samples with one U-Net call per step instead of two"),
     )  # fmt: skip
     for key, title, remark in stages:
         stage = training.get(key)

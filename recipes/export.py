@@ -11,16 +11,19 @@ The evaluation half of the card comes from ``python recipes/cards.py``.
 unconditional DDPM (`genmnist.models.DDPM.with_guide`); its training record goes on the
 card too:
 
-    python recipes/export.py runs/mnist/ddpm --fp32 --guide runs/mnist/ddpm-guide
+    python recipes/export.py runs/fashion-mnist/ddpm --dataset fashion-mnist --fp32 \
+        --guide runs/fashion-mnist/ddpm-guide
 
 ``--out FOLDER`` writes the (guided) model to a folder instead of the package, without a
 card: that is how `recipes/train.sh` builds the teacher of a guidance distillation run.
-A distilled run (``distill_teacher`` in its config) is exported with ``--teacher RUN
---guide RUN`` naming its teacher's two runs, whose training records go on the card beside
-the distillation's own:
+A distilled run (``distill_teacher`` in its config) is exported with ``--teacher RUN``
+naming its teacher's main run (and ``--guide RUN`` its guide, if it had one), whose
+training records go on the card beside the distillation's own:
 
-    python recipes/export.py runs/mnist/ddpm-distill --fp32 \
-        --teacher runs/mnist/ddpm --guide runs/mnist/ddpm-guide
+    python recipes/export.py runs/mnist/ddpm-distill --fp32 --teacher runs/mnist/ddpm \
+        --set sampling_steps=6 'spacing="trailing"'
+    python recipes/export.py runs/fashion-mnist/ddpm-distill --dataset fashion-mnist --fp32 \
+        --teacher runs/fashion-mnist/ddpm --guide runs/fashion-mnist/ddpm-guide
 """
 
 from __future__ import annotations

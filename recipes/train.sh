@@ -3,9 +3,11 @@
 # Each run resumes if its folder already holds a checkpoint, so rerun after an interruption.
 # A model with a <model>.guide.json recipe also gets its autoguidance guide: a short run of
 # the same U-Net into runs/<dataset>/<model>-guide, attached by recipes/export.py --guide.
-# A model with a <model>.distill.json recipe is then distilled: the main run plus its guide
-# become the teacher (runs/<dataset>/<model>-teacher), whose guided denoiser a student
-# learns in runs/<dataset>/<model>-distill (one U-Net call per sampling step instead of two).
+# A model with a <model>.distill.json recipe is then distilled: a student learns, in
+# runs/<dataset>/<model>-distill, the guided denoiser of the teacher its recipe names (one
+# U-Net call per sampling step instead of two). With a guide, the teacher is the main run
+# plus its guide (runs/<dataset>/<model>-teacher); otherwise the main run itself (a
+# self-guided or class-conditional model guides itself).
 set -euo pipefail
 dataset=${1:-mnist}; shift || true
 models=("$@"); [ ${#models[@]} -gt 0 ] || models=($(ls "recipes/$dataset" | grep -v -e '\.guide\.json$' -e '\.distill\.json$' | sed 's/\.json$//'))
@@ -26,8 +28,10 @@ for model in "${models[@]}"; do
   fi
   distill="recipes/$dataset/$model.distill.json"
   if [ -f "$distill" ]; then
-    python recipes/export.py "runs/$dataset/$model" --dataset "$dataset" \
-      --guide "runs/$dataset/$model-guide" --out "runs/$dataset/$model-teacher"
+    if [ -f "$guide" ]; then
+      python recipes/export.py "runs/$dataset/$model" --dataset "$dataset" \
+        --guide "runs/$dataset/$model-guide" --out "runs/$dataset/$model-teacher"
+    fi
     train "$model" "runs/$dataset/$model-distill" "$distill"
   fi
 done

@@ -40,11 +40,13 @@ def test_every_shipped_model_has_a_measured_card(dataset, name):
     training = card["training"]
     assert training["command"].startswith(f"genmnist train {name} ")
     assert training["steps"] > 0 and training["seconds"] > 0
-    # a guide network, or a teacher's, travels with its training record
+    # a guide network, or a teacher's, travels with its training record (a self-guided
+    # teacher guides itself toward its clusters)
     distilled = getattr(model, "distilled", False)
     assert ("distillation" in training) == distilled
     guided = getattr(model, "guide", None) is not None
-    assert ("guide" in training) == (guided or (distilled and not model.conditional))
+    teacher_guided = distilled and not model.conditional and not model.self_guided
+    assert ("guide" in training) == (guided or teacher_guided)
     metrics = card["evaluation"]["metrics"]
     assert metrics["model"] == name and metrics["dataset"] == dataset
     assert metrics["n"] == 10_000 and metrics["seed"] == 0

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from genmnist.data import InMemoryDataset
 from genmnist.diffusion import (
     OBJECTIVES,
     SAMPLERS,
@@ -383,7 +384,7 @@ def test_ddpm_guide_must_match_and_guided_models_do_not_train():
     guided = model.with_guide(guide, 2.0)
     with pytest.raises(ConfigError, match="with_guide"):
         guided.training_loss(torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), 0)
-    with pytest.raises(ConfigError, match="no guide network"):
+    with pytest.raises(ConfigError, match="neither clusters nor a guide network"):
         model.sample(2, guidance=2.0)
 
 
@@ -408,6 +409,12 @@ def _teacher_folder(tmp_path, scale=3.0):
     return model.with_guide(guide, scale).save_pretrained(tmp_path / "teacher")
 
 
+#: A stand-in training split for `prepare_training` of models that do not read it.
+_MNIST = InMemoryDataset(
+    torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4), "mnist", "train"
+)
+
+
 def _images(n=16):
     return torch.rand(n, 1, 28, 28), torch.zeros(n, dtype=torch.long)
 
@@ -417,7 +424,7 @@ def test_distillation_starts_from_the_teacher_and_learns_its_guided_estimate(tmp
     teacher = load(teacher_dir)
     student = create_model("ddpm", **TINY, distill_teacher=str(teacher_dir), precision="fp32")
     assert student.distilled and not student.takes_guidance
-    student.prepare_training("mnist", resume=False)
+    student.prepare_training(_MNIST, resume=False)
     for key, value in teacher.unet.state_dict().items():
         assert torch.equal(student.unet.state_dict()[key], value)
     assert not any(k.startswith("_teacher") for k in student.state_dict())
@@ -451,7 +458,7 @@ def test_distillation_training_moves_the_student_to_the_guided_teacher(tmp_path,
         with torch.no_grad():
             return float(student.training_loss(images, labels, step=0)["loss"])
 
-    student.prepare_training("mnist", resume=False)
+    student.prepare_training(_MNIST, resume=False)
     before = distance_to_teacher()
     options = TrainOptions(out=tmp_path / "run", max_steps=40, progress=False, device="cpu")
     Trainer(student, options, dataset=tiny_dataset, log=lambda line: None).fit()
@@ -465,7 +472,7 @@ def test_distillation_training_moves_the_student_to_the_guided_teacher(tmp_path,
         student.sample(2, guidance=2.0)
     # resuming keeps the trained weights instead of starting from the teacher again
     loaded = load(tmp_path / "run")
-    loaded.prepare_training("mnist", resume=True)
+    loaded.prepare_training(_MNIST, resume=True)
     torch.testing.assert_close(loaded.unet.state_dict(), student.unet.state_dict())
 
 
@@ -477,10 +484,10 @@ def test_distillation_checks_its_teacher(tmp_path):
         "ddpm", **{**TINY, "channels": (8, 16, 32)}, distill_teacher=str(teacher_dir)
     )
     with pytest.raises(ConfigError, match="channels"):
-        wide.prepare_training("mnist", resume=False)
+        wide.prepare_training(_MNIST, resume=False)
     plain = create_model("ddpm", **TINY).save_pretrained(tmp_path / "plain")
     with pytest.raises(ConfigError, match="no guidance to distil"):
-        create_model("ddpm", **TINY, distill_teacher=str(plain)).prepare_training("mnist", False)
+        create_model("ddpm", **TINY, distill_teacher=str(plain)).prepare_training(_MNIST, False)
     student = create_model("ddpm", **TINY, distill_teacher=str(teacher_dir))
     with pytest.raises(ConfigError, match="prepare_training"):
         student.training_loss(*_images(2), step=0)
@@ -583,3 +590,108 @@ def test_cli_temperature_on_a_ddpm_is_a_usage_error(capsys, tmp_path):
     folder = create_model("ddpm", **TINY).save_pretrained(tmp_path / "d")
     code, _, err = _cli(capsys, "sample", "ddpm", "--checkpoint", folder, "--temperature", "1")
     assert code == 2 and "takes no --temperature" in err
+
+
+def _unet_labels(model):
+    """Record the labels of every U-Net call of ``model``."""
+    seen = []
+    model.unet.register_forward_hook(lambda module, args, out: seen.append(args[2].clone()))
+    return seen
+
+
+def test_self_guided_ddpm_clusters_its_data_and_conditions_on_the_clusters(tiny_dataset):
+    with pytest.raises(ConfigError, match="at least 2"):
+        create_model("ddpm", **TINY, clusters=1)
+    with pytest.raises(ConfigError, match="unconditional"):
+        create_model("ddpm-cfg", **TINY, clusters=4)
+    with pytest.raises(ConfigError, match="one kind of guidance"):
+        create_model("ddpm", **TINY, clusters=4, guide_channels=(4, 8, 8))
+
+    model = create_model("ddpm", **TINY, clusters=10, label_dropout=0.0, precision="fp32")
+    for p in model.parameters():  # an untrained U-Net's zero output layer ignores labels
+        p.data.add_(torch.randn_like(p) * 0.05)
+    assert model.self_guided and model.takes_guidance and not model.conditional
+    model.prepare_training(tiny_dataset, resume=False)
+    # the ten bar positions of the synthetic data are its ten clusters
+    class_shares = torch.bincount(tiny_dataset.labels).float() / len(tiny_dataset)
+    assert torch.equal(model.cluster_shares.sort().values, class_shares.sort().values)
+    images, labels = tiny_dataset.batch(torch.arange(40))
+    clusters = model.cluster_of(images)
+    assert len(set(zip(clusters.tolist(), labels.tolist(), strict=True))) == 10
+    # training conditions the U-Net on each image's cluster
+    seen = _unet_labels(model)
+    model.training_loss(images, labels, step=0)
+    assert torch.equal(seen[-1], clusters)
+
+    # sampling draws clusters by their share, from each sample's own noise stream, and
+    # guides toward them (the null cluster is the other half of each guided call)
+    model.cluster_shares.copy_(torch.nn.functional.one_hot(torch.tensor(7), 10).float())
+    first = model.sample(3, seed=1, steps=2)
+    assert {int(label) for batch in seen[1:] for label in batch} == {7, model.null_label}
+    model.cluster_shares.fill_(0.1)
+    seen.clear()
+    model.sample(12, seed=1, steps=2)
+    drawn = seen[0][:12]
+    assert len(set(drawn.tolist())) > 3
+    seen.clear()
+    model.sample(5, seed=1, steps=2)
+    assert torch.equal(seen[0][:5], drawn[:5])  # sample i does not depend on the batch
+    assert not torch.allclose(model.sample(2, seed=0, guidance=3.0), model.sample(2, seed=0))
+    assert first.shape == (3, 1, 28, 28)
+
+
+def test_self_guided_runs_save_their_clusters_and_resume_without_refitting(tmp_path, tiny_dataset):
+    from genmnist.training import Trainer, TrainOptions
+
+    model = create_model("ddpm", **TINY, clusters=4, batch_size=32, ema_decay=0.9)
+    options = TrainOptions(out=tmp_path / "run", max_steps=3, progress=False, device="cpu")
+    Trainer(model, options, dataset=tiny_dataset, log=lambda line: None).fit()
+    trained = load(tmp_path / "run")
+    assert trained.cluster_centers.abs().sum() > 0  # the EMA export keeps the clusters
+    torch.testing.assert_close(trained.cluster_centers, model.cluster_centers)
+    torch.testing.assert_close(trained.cluster_shares.sum(), torch.tensor(1.0))
+    resumed = load(tmp_path / "run")
+    resumed.cluster_centers.zero_()
+    resumed.prepare_training(tiny_dataset, resume=True)  # the checkpoint brings them back
+    assert resumed.cluster_centers.abs().sum() == 0
+
+
+def test_distilling_a_self_guided_teacher_keeps_its_clusters(tmp_path, tiny_dataset):
+    teacher = create_model("ddpm", **TINY, clusters=10, guidance_scale=3.0, precision="fp32")
+    teacher.prepare_training(tiny_dataset, resume=False)
+    for p in teacher.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    folder = teacher.save_pretrained(tmp_path / "teacher")
+    student = create_model("ddpm", **TINY, clusters=10, distill_teacher=str(folder))
+    assert not student.takes_guidance
+    student.prepare_training(tiny_dataset, resume=False)
+    torch.testing.assert_close(student.cluster_centers, teacher.cluster_centers)
+    images, labels = tiny_dataset.batch(torch.arange(8))
+    clusters = teacher.cluster_of(images)
+    x_t, t = torch.randn(8, 1, 28, 28), torch.full((8,), 30)
+    torch.testing.assert_close(
+        student._teacher_x0(x_t, t, clusters), teacher.denoiser(clusters)(x_t, t)
+    )
+    seen = _unet_labels(student)
+    student.training_loss(images, labels, step=0)
+    assert torch.equal(seen[-1], clusters)  # no label dropout: it learns every cluster
+    with pytest.raises(ConfigError, match="clusters"):
+        create_model("ddpm", **TINY, clusters=4, distill_teacher=str(folder)).prepare_training(
+            tiny_dataset, False
+        )
+
+
+def test_cli_trains_a_self_guided_ddpm_and_samples_it_with_guidance(capsys, tmp_path, idx_root):
+    recipe = tmp_path / "sg.json"
+    recipe.write_text(json.dumps({**TINY, "clusters": 3, "batch_size": 16}))
+    out, grid = tmp_path / "sg", tmp_path / "g.png"
+    base = ["train", "ddpm", "--data-dir", idx_root, "--out", out, "--quiet", "--device", "cpu"]
+    code, _, err = _cli(capsys, *base, "--config", recipe, "--max-steps", "2")
+    assert code == 0, err
+    assert load(out).cluster_centers.abs().sum() > 0
+    code, _, err = _cli(capsys, "sample", "ddpm", "--checkpoint", out, "-n", "4", "--steps", "2",
+                        "--guidance", "2.5", "-o", grid)  # fmt: skip
+    assert code == 0 and grid.is_file(), err
+    recipe.write_text(json.dumps({**TINY, "clusters": 1}))
+    code, _, err = _cli(capsys, *base[:-3], "--out", tmp_path / "bad", "--config", recipe)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "clusters" in err, err

@@ -41,8 +41,9 @@ GuidanceOption = Annotated[
     float | None,
     typer.Option(
         min=0.0,
-        help="Guidance scale: classifier-free (conditional models) or autoguidance "
-        "(models with a guide network); 1 turns it off. Distilled models have it built in.",
+        help="Guidance scale: classifier-free (conditional models; self-guided ones, toward "
+        "their own clusters) or autoguidance (models with a guide network); 1 turns it off. "
+        "Distilled models have it built in.",
     ),
 ]
 TemperatureOption = Annotated[
@@ -460,7 +461,7 @@ def _sampling_options(model, **given) -> dict:
             why = (
                 "has its guidance distilled into it"
                 if getattr(model.config, "distill_teacher", "")
-                else "is unconditional and has no guide network"
+                else "is unconditional, with neither clusters nor a guide network"
             )
             raise UsageProblem(f"'{model.name}' {why}: it takes no --guidance")
         if flag == "temperature" and not (math.isfinite(value) and value > 0):

@@ -512,7 +512,7 @@ class Trainer:
             raise ConfigError("nothing to train: epochs and max_steps must be positive")
 
         self.model.to(self.device).train()
-        self.model.prepare_training(opts.dataset, opts.resume)
+        self.model.prepare_training(self.dataset, opts.resume)
         self.optimizers, self.schedulers = self._build_optimizers(total_steps)
         self.ema = None
         if cfg.ema_decay is not None and self.rank == 0:  # only rank 0 exports weights

@@ -23,7 +23,7 @@ import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from torch import nn
 from genmnist._version import __version__
 from genmnist.errors import CheckpointError, ConfigError
 from genmnist.io import load_tensors, save_tensors, write_json
+
+if TYPE_CHECKING:
+    from genmnist.data import InMemoryDataset
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -362,14 +365,15 @@ class GenerativeModel(nn.Module):
         """Per-phase overrides of the optimizer settings (e.g. ``{"lr": 4e-4}``)."""
         return {}
 
-    def prepare_training(self, dataset: str, resume: bool) -> None:
+    def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
         """Called by the trainer on the training device before it builds the optimizers,
-        the weight average and loads a checkpoint: load what training needs besides the
-        data (a distillation teacher) and set initial weights. Default: nothing.
+        the weight average and loads a checkpoint: compute what training needs from the
+        whole training set (a DDPM's clusters), load what it needs besides the data (a
+        distillation teacher) and set initial weights. Default: nothing.
 
         Args:
-            dataset: The dataset being trained on.
-            resume: Whether a checkpoint will replace the weights next.
+            data: The training split (``data.name`` is the dataset).
+            resume: Whether a checkpoint will replace the weights (and buffers) next.
         """
 
     def training_loss(

@@ -1,8 +1,9 @@
 """Denoising diffusion: DDPM training with fast samplers, classifier-free guidance,
 autoguidance and guidance distillation.
 
-Registered as ``ddpm`` (unconditional; guided by a shorter-trained copy of its U-Net when
-it has one, or distilled from such a guided teacher, as the shipped weights are) and
+Registered as ``ddpm`` (unconditional; guided toward clusters of the training images it
+found itself, or by a shorter-trained copy of its U-Net, or distilled from such a guided
+teacher, as the shipped weights are) and
 ``ddpm-cfg`` (class-conditional with classifier-free guidance). Every
 part is named in `DDPMConfig` and looked up in a registry: the noise schedule
 (`SCHEDULES`), what the U-Net predicts (`OBJECTIVES`), the loss weighting
@@ -16,6 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,6 +35,9 @@ from genmnist.losses import DIFFUSION_WEIGHTINGS, diffusion_mse
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.nn.unet import UNet
 from genmnist.registry import MODELS
+
+if TYPE_CHECKING:
+    from genmnist.data import InMemoryDataset
 
 #: Config fields a guide network must share with the model it guides.
 _SHARED_WITH_GUIDE = ("schedule", "timesteps", "objective", "blocks_per_level", "attention_levels")
@@ -63,7 +68,14 @@ class DDPMConfig(ModelConfig):
         spacing: How the sampling steps are spread over ``t`` (``uniform``, ``trailing``
             or ``log-snr``, see `spaced_timesteps`).
         guidance_scale: Default guidance scale: classifier-free guidance for conditional
-            models, autoguidance for unconditional models with a guide network.
+            and self-guided models, autoguidance for unconditional models with a guide
+            network.
+        clusters: Self-guidance (Hu et al., 2023) for an unconditional model: before
+            training, k-means splits the training images into this many clusters, without
+            their labels; the U-Net learns to condition on the cluster (with label dropout,
+            as for classifier-free guidance). Sampling draws each image's cluster by its
+            share of the training set and guides toward it, so users still sample without
+            labels. 0: off.
         guide_channels: Channels of the guide U-Net used for autoguidance (Karras et al.,
             2024): a smaller, shorter-trained DDPM with the same schedule, objective, blocks
             and attention, attached after training with `DDPM.with_guide`. Empty: no guide.
@@ -93,6 +105,7 @@ class DDPMConfig(ModelConfig):
     spacing: str = "uniform"
     guidance_scale: float = 2.0
     guide_channels: tuple[int, ...] = ()
+    clusters: int = 0
     distill_teacher: str = ""
     distill_guidance: float | None = None
     epochs: int = 10
@@ -136,6 +149,18 @@ class DDPM(GenerativeModel):
                 "a distilled model (distill_teacher) has its guidance built in: it takes no "
                 "guide network (guide_channels)"
             )
+        if cfg.clusters < 0 or cfg.clusters == 1:
+            raise ConfigError(f"clusters must be 0 (off) or at least 2, got {cfg.clusters}")
+        if cfg.clusters and cfg.num_classes:
+            raise ConfigError(
+                "clusters (self-guidance) is for unconditional models; conditional ones are "
+                "guided by their labels"
+            )
+        if cfg.clusters and cfg.guide_channels:
+            raise ConfigError(
+                "choose one kind of guidance: clusters (self-guidance) or guide_channels "
+                "(autoguidance)"
+            )
         if cfg.distill_guidance is not None and not math.isfinite(cfg.distill_guidance):
             raise ConfigError(
                 f"distill_guidance must be a finite number, got {cfg.distill_guidance}"
@@ -144,9 +169,14 @@ class DDPM(GenerativeModel):
             channels=tuple(cfg.channels),
             blocks_per_level=cfg.blocks_per_level,
             attention_levels=tuple(cfg.attention_levels),
-            num_classes=cfg.num_classes,
+            num_classes=cfg.num_classes or cfg.clusters,
             dropout=cfg.dropout,
         )
+        if cfg.clusters:
+            # Found by `prepare_training`; buffers, so they are saved with the weights. Until
+            # then every cluster is equally likely, so an untrained model still samples.
+            self.register_buffer("cluster_centers", torch.zeros(cfg.clusters, 28 * 28))
+            self.register_buffer("cluster_shares", torch.full((cfg.clusters,), 1 / cfg.clusters))
         self.guide: UNet | None = None
         if cfg.guide_channels:
             if self.conditional:
@@ -170,15 +200,46 @@ class DDPM(GenerativeModel):
         return bool(self.config.distill_teacher)
 
     @property
+    def self_guided(self) -> bool:
+        """Whether the U-Net conditions on clusters the model found itself (``clusters``)."""
+        return self.config.clusters > 0
+
+    @property
     def takes_guidance(self) -> bool:
-        """Conditional (classifier-free guidance) or with a guide network (autoguidance),
-        and not distilled (a distilled model has its guidance built in)."""
-        return not self.distilled and (self.conditional or self.guide is not None)
+        """Conditional or self-guided (classifier-free guidance) or with a guide network
+        (autoguidance), and not distilled (a distilled model has its guidance built in)."""
+        return not self.distilled and (
+            self.conditional or self.self_guided or self.guide is not None
+        )
 
     @property
     def null_label(self) -> int:
-        """The class index the U-Net learns as "no label" (for guidance)."""
-        return self.config.num_classes
+        """The class (or cluster) index the U-Net learns as "no label" (for guidance)."""
+        return self.config.num_classes or self.config.clusters
+
+    def cluster_of(self, images: torch.Tensor) -> torch.Tensor:
+        """The cluster of each image ``(b, 1, 28, 28)`` in ``[0, 1]`` (self-guided models):
+        the nearest of ``cluster_centers``."""
+        from genmnist.clustering import nearest_center
+
+        with torch.autocast(images.device.type, enabled=False):
+            return nearest_center(images.flatten(1), self.cluster_centers)
+
+    def _draw_clusters(self, noise: SampleNoise) -> torch.Tensor:
+        """One cluster per sample, drawn by its share of the training set from the sample's
+        own noise stream."""
+        cumulative = self.cluster_shares.float().cumsum(0).to(noise.device)
+        uniform = noise.rand(1).squeeze(1) * cumulative[-1]
+        return torch.searchsorted(cumulative, uniform, right=True).clamp_(max=len(cumulative) - 1)
+
+    def _fit_clusters(self, images: torch.Tensor) -> None:
+        from genmnist.clustering import kmeans
+
+        points = images.reshape(images.shape[0], -1).float().div_(255.0)
+        centers, assignment = kmeans(points, self.config.clusters)
+        shares = torch.bincount(assignment, minlength=self.config.clusters).float()
+        self.cluster_centers.copy_(centers)
+        self.cluster_shares.copy_(shares / shares.sum())
 
     def _alpha_sigma(self, t: torch.Tensor, like: torch.Tensor):
         alpha = self.schedule.alpha(t.cpu()).to(like.device, torch.float32)
@@ -237,16 +298,20 @@ class DDPM(GenerativeModel):
                     f"{who}: its {field} ({theirs!r}) differs from the model's ({mine!r})"
                 )
 
-    def prepare_training(self, dataset: str, resume: bool) -> None:
-        """Load the teacher of a distillation run (``distill_teacher``, for ``dataset``
-        when it names shipped weights) and, for a new run, start from its U-Net weights."""
+    def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
+        """For a new self-guided run, cluster the training images (``clusters``). For a
+        distillation run, load the teacher (``distill_teacher``, for ``data``'s dataset when
+        it names shipped weights) and, for a new run, start from its U-Net weights (and
+        clusters)."""
         if not self.distilled:
+            if self.self_guided and not resume:
+                self._fit_clusters(data.images)
             return
         from genmnist.models import load
 
         source = self.config.distill_teacher
         try:
-            teacher = load(source, dataset=dataset)
+            teacher = load(source, dataset=data.name)
         except CheckpointError as exc:
             raise CheckpointError(f"distill_teacher: {exc}") from None
         if not isinstance(teacher, DDPM):
@@ -254,7 +319,7 @@ class DDPM(GenerativeModel):
                 f"distill_teacher '{source}' is a {type(teacher).__name__}, not a DDPM"
             )
         # the student starts from the teacher's U-Net, so it needs the same one
-        fields = (*_SHARED_WITH_GUIDE, "num_classes", "channels")
+        fields = (*_SHARED_WITH_GUIDE, "num_classes", "clusters", "channels")
         self._check_matches(teacher, f"distill_teacher '{source}'", fields)
         if not teacher.takes_guidance:
             raise ConfigError(
@@ -265,6 +330,9 @@ class DDPM(GenerativeModel):
         object.__setattr__(self, "_teacher", teacher)
         if not resume:
             self.unet.load_state_dict(teacher.unet.state_dict())
+            if self.self_guided:
+                self.cluster_centers.copy_(teacher.cluster_centers)
+                self.cluster_shares.copy_(teacher.cluster_shares)
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
@@ -281,11 +349,11 @@ class DDPM(GenerativeModel):
         alpha, sigma = self._alpha_sigma(t, x0)
         x_t = alpha * x0 + sigma * eps
         cond = None
-        if self.conditional:
-            cond = labels
+        if self.conditional or self.self_guided:
+            cond = self.cluster_of(images) if self.self_guided else labels
             if not self.distilled:  # a student learns the guided estimate of every label
                 drop = torch.rand(b, device=x0.device) < self.config.label_dropout
-                cond = torch.where(drop, torch.full_like(labels, self.null_label), labels)
+                cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
         if self.distilled:
             # The teacher's guided estimate of x0 replaces the data's, and implies its own
             # noise: the student learns it with the usual objective and weighting.
@@ -305,7 +373,7 @@ class DDPM(GenerativeModel):
         teacher = self._teacher
         if teacher is None:
             raise ConfigError(
-                "distillation needs its teacher: call prepare_training(dataset, resume) "
+                "distillation needs its teacher: call prepare_training(data, resume) "
                 "before training_loss (the trainer does)"
             )
         with torch.no_grad():
@@ -315,8 +383,9 @@ class DDPM(GenerativeModel):
         self, labels: torch.Tensor | None = None, guidance: float | None = None
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The clean-image estimator ``x0 = denoise(x_t, t)`` that samplers call, with
-        classifier-free guidance (conditional models) or autoguidance (models with a guide
-        network) at scale ``guidance`` (default: the config's ``guidance_scale``).
+        classifier-free guidance (conditional models; self-guided ones, whose ``labels``
+        are clusters) or autoguidance (models with a guide network) at scale ``guidance``
+        (default: the config's ``guidance_scale``).
 
         Raises:
             ConfigError: ``guidance`` is given for a model that takes none.
@@ -325,13 +394,13 @@ class DDPM(GenerativeModel):
             reason = (
                 "has its guidance distilled into it"
                 if self.distilled
-                else "is unconditional and has no guide network"
+                else "is unconditional, with neither clusters nor a guide network"
             )
             raise ConfigError(f"model '{self.name}' {reason}: guidance does not apply")
         scale = self.config.guidance_scale if guidance is None else guidance
         if not self.takes_guidance:
             return partial(self.predict_x0, labels=labels)
-        if self.conditional:
+        if self.conditional or self.self_guided:
             return classifier_free_guidance(self.predict_x0, labels, self.null_label, scale)
         guided = autoguidance(
             partial(self._x0_of, self.unet), partial(self._x0_of, self.guide), scale
@@ -368,6 +437,8 @@ class DDPM(GenerativeModel):
             spacing or cfg.spacing,
             self.schedule,
         )
+        if self.self_guided:
+            labels = self._draw_clusters(noise)
         denoise = self.denoiser(labels, guidance)
 
         def report(i: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
@@ -382,7 +453,8 @@ MODELS.register(
     "ddpm",
     DDPM,
     description="Unconditional DDPM: U-Net, cosine schedule, v-objective, DPM-Solver++ "
-    "sampling, autoguidance by a guide network or distilled from an autoguided teacher",
+    "sampling; self-guided toward k-means clusters of its training images or autoguided "
+    "by a guide network, or distilled from such a guided teacher",
 )
 MODELS.register(
     "ddpm-cfg",
