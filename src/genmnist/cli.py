@@ -458,12 +458,7 @@ def _sampling_options(model, **given) -> dict:
                     f"unknown --spacing '{value}'; choose from {', '.join(SPACINGS)}"
                 )
         if flag == "guidance" and not model.takes_guidance:
-            why = (
-                "has its guidance distilled into it"
-                if getattr(model.config, "distill_teacher", "")
-                else "is unconditional, with neither clusters nor a guide network"
-            )
-            raise UsageProblem(f"'{model.name}' {why}: it takes no --guidance")
+            raise UsageProblem(f"'{model.name}' {model.no_guidance_reason}: it takes no --guidance")
         if flag == "temperature" and not (math.isfinite(value) and value > 0):
             raise UsageProblem(f"--temperature must be a positive number, got {value}")
         if flag != "gif":

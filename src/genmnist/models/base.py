@@ -256,6 +256,12 @@ class GenerativeModel(nn.Module):
         return self.conditional
 
     @property
+    def no_guidance_reason(self) -> str:
+        """Why sampling takes no guidance scale, worded to follow the model's name in an
+        error message (meaningful when `takes_guidance` is false)."""
+        return "is unconditional"
+
+    @property
     def device(self) -> torch.device:
         """Device of the model's first parameter (CPU for a model without any)."""
         for p in self.parameters():

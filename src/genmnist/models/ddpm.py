@@ -213,6 +213,12 @@ class DDPM(GenerativeModel):
         )
 
     @property
+    def no_guidance_reason(self) -> str:
+        if self.distilled:
+            return "has its guidance distilled into it"
+        return "is unconditional, with neither clusters nor a guide network"
+
+    @property
     def null_label(self) -> int:
         """The class (or cluster) index the U-Net learns as "no label" (for guidance)."""
         return self.config.num_classes or self.config.clusters
@@ -232,11 +238,12 @@ class DDPM(GenerativeModel):
         uniform = noise.rand(1).squeeze(1) * cumulative[-1]
         return torch.searchsorted(cumulative, uniform, right=True).clamp_(max=len(cumulative) - 1)
 
-    def _fit_clusters(self, images: torch.Tensor) -> None:
+    def _fit_clusters(self, data: InMemoryDataset) -> None:
         from genmnist.clustering import kmeans
 
-        points = images.reshape(images.shape[0], -1).float().div_(255.0)
-        centers, assignment = kmeans(points, self.config.clusters)
+        # the pixels as training batches see them, so `cluster_of` agrees with the fit
+        images, _ = data.batch(torch.arange(len(data)))
+        centers, assignment = kmeans(images.flatten(1), self.config.clusters)
         shares = torch.bincount(assignment, minlength=self.config.clusters).float()
         self.cluster_centers.copy_(centers)
         self.cluster_shares.copy_(shares / shares.sum())
@@ -305,7 +312,7 @@ class DDPM(GenerativeModel):
         clusters)."""
         if not self.distilled:
             if self.self_guided and not resume:
-                self._fit_clusters(data.images)
+                self._fit_clusters(data)
             return
         from genmnist.models import load
 
@@ -391,12 +398,9 @@ class DDPM(GenerativeModel):
             ConfigError: ``guidance`` is given for a model that takes none.
         """
         if guidance is not None and not self.takes_guidance:
-            reason = (
-                "has its guidance distilled into it"
-                if self.distilled
-                else "is unconditional, with neither clusters nor a guide network"
+            raise ConfigError(
+                f"model '{self.name}' {self.no_guidance_reason}: guidance does not apply"
             )
-            raise ConfigError(f"model '{self.name}' {reason}: guidance does not apply")
         scale = self.config.guidance_scale if guidance is None else guidance
         if not self.takes_guidance:
             return partial(self.predict_x0, labels=labels)
