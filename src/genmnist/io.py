@@ -8,6 +8,7 @@ the real name; a leftover ``*.tmp`` file is simply ignored by readers.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -47,6 +48,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def to_json_value(value: Any, nonfinite_as_null: bool = False) -> Any:
+    """``value`` as plain JSON values: tuples become lists, recursively (also inside
+    dicts). With ``nonfinite_as_null``, NaN and infinite floats become None (for measured
+    results, where "not measurable" is a fact to record); without it they are kept as they
+    are (a config's values are its own to check)."""
+    if isinstance(value, dict):
+        return {k: to_json_value(v, nonfinite_as_null) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json_value(v, nonfinite_as_null) for v in value]
+    if nonfinite_as_null and isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:

@@ -49,6 +49,7 @@ from genmnist.io import (
     unflatten_state,
 )
 from genmnist.models.base import CONFIG_FILE, WEIGHTS_FILE, GenerativeModel
+from genmnist.nn.modes import evaluating
 from genmnist.registry import Registry
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -786,12 +787,8 @@ class Trainer:
         return logged
 
     def _model_metrics(self, step: int) -> dict[str, float]:
-        was_training = self.model.training
-        try:
-            with torch.inference_mode():
-                return self.model.training_metrics(step)
-        finally:
-            self.model.train(was_training)
+        with evaluating(self.model), torch.inference_mode():
+            return self.model.training_metrics(step)
 
     def _progress(self, total: int, completed: int):
         from rich.progress import (

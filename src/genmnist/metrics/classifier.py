@@ -35,6 +35,7 @@ from torch import nn
 
 from genmnist._version import __version__
 from genmnist.errors import CheckpointError, ConfigError
+from genmnist.nn.modes import evaluating
 
 EVALUATOR_FORMAT = "genmnist-evaluator"
 EVALUATOR_PACKAGE = "genmnist.pretrained"
@@ -177,18 +178,13 @@ class EvaluatorNet(nn.Module):
         ``(n, 1, 28, 28)``. Returns float32 CPU tensors.
         """
         images = as_image_batch(images)
-        was_training = self.training
-        self.eval()
         device = next(self.parameters()).device
         feats, probs = [], []
-        try:
-            with torch.inference_mode():
-                for start in range(0, images.shape[0], batch_size):
-                    f = self.features(images[start : start + batch_size].to(device))
-                    feats.append(f.cpu())
-                    probs.append(torch.softmax(self.head(f).float(), dim=1).cpu())
-        finally:
-            self.train(was_training)
+        with evaluating(self), torch.inference_mode():
+            for start in range(0, images.shape[0], batch_size):
+                f = self.features(images[start : start + batch_size].to(device))
+                feats.append(f.cpu())
+                probs.append(torch.softmax(self.head(f).float(), dim=1).cpu())
         if not feats:
             return torch.zeros(0, self.num_features), torch.zeros(0, self.config.num_classes)
         return torch.cat(feats), torch.cat(probs)
@@ -305,13 +301,11 @@ def augment(
 @torch.inference_mode()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy of ``model`` on uint8 or float images (eval mode, fp32)."""
-    was_training = model.training
-    model.eval()
     correct = 0
-    for start in range(0, images.shape[0], 1000):
-        batch = as_image_batch(images[start : start + 1000])
-        correct += int((model(batch).argmax(1) == labels[start : start + 1000]).sum())
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, images.shape[0], 1000):
+            batch = as_image_batch(images[start : start + 1000])
+            correct += int((model(batch).argmax(1) == labels[start : start + 1000]).sum())
     return correct / max(1, images.shape[0])
 
 

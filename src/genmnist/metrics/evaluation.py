@@ -8,7 +8,6 @@ test set, the best a generator can hope for at that sample size.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from genmnist.errors import ConfigError
+from genmnist.io import to_json_value
 from genmnist.metrics import classification, distances
 from genmnist.metrics.classifier import EvaluatorNet, as_image_batch, load_evaluator
 
@@ -353,14 +353,4 @@ def evaluate(
     result["sampling_seconds"] = seconds
     result["peak_memory_mb"] = None if peak is None else peak / 2**20
     result["warnings"] = notes
-    return _jsonable(result)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return to_json_value(result, nonfinite_as_null=True)

@@ -30,7 +30,8 @@ from torch import nn
 
 from genmnist._version import __version__
 from genmnist.errors import CheckpointError, ConfigError
-from genmnist.io import load_tensors, save_tensors, write_json
+from genmnist.io import load_tensors, save_tensors, to_json_value, write_json
+from genmnist.nn.modes import evaluating
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
@@ -80,7 +81,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON values."""
-        return _jsonable(dataclasses.asdict(self))
+        return to_json_value(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -152,14 +153,6 @@ def _describe(hint: Any) -> str:
     if hint in names:
         return names[hint]
     return str(hint).replace("typing.", "")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 class SampleNoise:
@@ -315,22 +308,17 @@ class GenerativeModel(nn.Module):
             raise ConfigError(f"precision must be 'bf16' or 'fp32', got '{precision}'")
         label_tensor = self._check_labels(n, labels)
         seeds = SampleNoise.sample_seeds(n, generator, seed)
-        was_training = self.training
-        self.eval()
         out = []
-        try:
-            autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=precision == "bf16")
-            with torch.inference_mode(), autocast:
-                for start in range(0, n, batch_size):
-                    stop = min(n, start + batch_size)
-                    noise = SampleNoise(seeds[start:stop], self.device)
-                    batch_labels = None if label_tensor is None else label_tensor[start:stop]
-                    if batch_labels is not None:
-                        batch_labels = batch_labels.to(self.device)
-                    images = self.generate(noise, batch_labels, **options)
-                    out.append(images.float().clamp(0, 1).cpu())
-        finally:
-            self.train(was_training)
+        autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=precision == "bf16")
+        with evaluating(self), torch.inference_mode(), autocast:
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                noise = SampleNoise(seeds[start:stop], self.device)
+                batch_labels = None if label_tensor is None else label_tensor[start:stop]
+                if batch_labels is not None:
+                    batch_labels = batch_labels.to(self.device)
+                images = self.generate(noise, batch_labels, **options)
+                out.append(images.float().clamp(0, 1).cpu())
         return torch.cat(out)
 
     def _check_labels(self, n: int, labels: Any) -> torch.Tensor | None:

@@ -28,6 +28,7 @@ from genmnist.losses import GAN_LOSSES, gradient_penalty, r1_penalty
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.nn import DECODERS, DISCRIMINATORS
 from genmnist.nn.discriminators import initialise
+from genmnist.nn.modes import evaluating
 from genmnist.registry import MODELS
 
 #: Discriminator regularisers a `GANConfig` can name.
@@ -271,12 +272,8 @@ class GAN(GenerativeModel):
         if self.conditional:
             labels = torch.arange(n, device=self.device) % self.config.num_classes
         noise = SampleNoise(SampleNoise.sample_seeds(n, seed=METRICS_SEED), self.device)
-        was_training = self.training
-        self.eval()  # BatchNorm on running statistics, as when sampling
-        try:
+        with evaluating(self):  # BatchNorm on running statistics, as when sampling
             flat = self.generate(noise, labels).float().flatten(1)
-        finally:
-            self.train(was_training)
         distance = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
         off_diagonal = ~torch.eye(n, dtype=torch.bool, device=flat.device)
         metrics = {"sample_diversity": float(distance[off_diagonal].mean())}

@@ -19,6 +19,7 @@ from genmnist.errors import ConfigError
 from genmnist.losses import RECONSTRUCTION_LOSSES, gaussian_kl, kl_weight
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.nn import DECODERS, ENCODERS
+from genmnist.nn.modes import evaluating
 from genmnist.registry import MODELS
 
 
@@ -27,13 +28,8 @@ def _evaluating(method):
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                return method(self, *args, **kwargs)
-        finally:
-            self.train(was_training)
+        with evaluating(self), torch.inference_mode():
+            return method(self, *args, **kwargs)
 
     return wrapper
 

@@ -4,6 +4,7 @@ from genmnist.nn.decoders import DECODERS, ConvDecoder, MLPDecoder
 from genmnist.nn.discriminators import DISCRIMINATORS, ConvDiscriminator, MLPDiscriminator
 from genmnist.nn.encoders import ENCODERS, ConvEncoder, MLPEncoder
 from genmnist.nn.layers import ACTIVATIONS, NORMS, mlp
+from genmnist.nn.modes import evaluating
 
 __all__ = [
     "ACTIVATIONS",
@@ -17,5 +18,6 @@ __all__ = [
     "MLPDecoder",
     "MLPDiscriminator",
     "MLPEncoder",
+    "evaluating",
     "mlp",
 ]
