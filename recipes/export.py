@@ -39,7 +39,8 @@ import torch
 
 import genmnist
 from genmnist.io import load_tensors
-from genmnist.metrics.stability import read_metrics, training_time
+from genmnist.metrics.stability import training_time
+from genmnist.run_folder import read_header, read_metrics, weights_path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_ROOT = REPO / "src" / "genmnist" / "pretrained"
@@ -50,9 +51,10 @@ def training_record(
 ) -> dict:
     """What the run folder says about its training (``out``: the run folder the command
     names, default ``runs/<dataset>/<name>``)."""
-    records = read_metrics(run / "metrics.jsonl")
-    _, meta = load_tensors(run / "checkpoint.safetensors")
-    header = json.loads(meta["genmnist"])
+    records = read_metrics(run)
+    header = read_header(run)
+    if header is None:
+        raise SystemExit(f"{run}: no readable training checkpoint")
     last = records[-1]
     speeds = sorted(r["images_per_second"] for r in records if "images_per_second" in r)
     command = f"genmnist train {name} --dataset {dataset} --out {out or f'runs/{dataset}/{name}'}"
@@ -113,7 +115,7 @@ def main() -> None:
         print(f"{args.out}: {model.name} written (float32)")
         return
     target = PACKAGE_ROOT / args.dataset / model.name
-    weights = target / "model.safetensors"
+    weights = weights_path(target)
     before = load_tensors(weights)[0] if weights.is_file() else None
     storage = "float32" if args.fp32 else "float16"
     stored = model

@@ -290,7 +290,7 @@ def test_interrupt_checkpoints_and_resumes_exactly(train, tiny_model, tmp_path, 
     if how == "flag":
 
         def stop():
-            trainers[0]._stop_signal = signal.SIGTERM
+            trainers[0].request_stop(signal.SIGTERM)
     else:
 
         def stop():

@@ -21,6 +21,7 @@ from genmnist.errors import ConfigError
 from genmnist.io import to_json_value
 from genmnist.metrics import classification, distances
 from genmnist.metrics.classifier import EvaluatorNet, as_image_batch, load_evaluator
+from genmnist.run_folder import holds_metrics
 
 #: Sample count of the reference protocol (the size of the test split).
 DEFAULT_N = 10000
@@ -344,7 +345,7 @@ def evaluate(
                 seed=seed,
             )
         )
-    if run_dir is not None and (Path(run_dir) / "metrics.jsonl").is_file():
+    if run_dir is not None and holds_metrics(run_dir):
         from genmnist.metrics.stability import training_stability
 
         result.update(training_stability(run_dir))

@@ -1,45 +1,20 @@
 """Training stability and training time, read from a run's ``metrics.jsonl``.
 
 The trainer appends one JSON record per logging interval, ``{"step", "loss", ...,
-"time"}`` (see :mod:`genmnist.training`); these functions need nothing else.
+"time"}`` (see :mod:`genmnist.training`; `read_metrics` reads it, from
+`genmnist.run_folder`); these functions need nothing else.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
-from pathlib import Path
 from typing import Any
 
-from genmnist.errors import CheckpointError
+from genmnist.run_folder import METRICS_FILE, read_metrics
 
-METRICS_FILE = "metrics.jsonl"
-
-
-def read_metrics(run: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of ``run/metrics.jsonl`` (or of that file given directly), in order.
-
-    Unreadable lines (a run killed mid-write) are skipped.
-
-    Raises:
-        CheckpointError: if there is no such file.
-    """
-    path = Path(run)
-    if path.is_dir():
-        path = path / METRICS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no training log here")
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int | float):
-            records.append(record)
-    return records
+__all__ = ["METRICS_FILE", "loss_key", "read_metrics", "training_stability", "training_time"]
 
 
 def loss_key(records: list[dict[str, Any]]) -> str | None:

@@ -32,12 +32,11 @@ from genmnist._version import __version__
 from genmnist.errors import CheckpointError, ConfigError
 from genmnist.io import load_tensors, save_tensors, to_json_value, write_json
 from genmnist.nn.modes import evaluating
+from genmnist.run_folder import CONFIG_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 CONFIG_FORMAT = "genmnist-model"
 NUM_PIXELS = 28 * 28
 IMAGE_SHAPE = (1, 28, 28)
@@ -222,6 +221,11 @@ class GenerativeModel(nn.Module):
     #: Extra keyword options `sample` accepts and passes to `generate`
     #: (e.g. ``sampler``, ``steps``, ``guidance`` for diffusion models).
     sampling_options: ClassVar[tuple[str, ...]] = ()
+    #: Whether data-parallel training must look for parameters the loss leaves unused
+    #: (DistributedDataParallel's ``find_unused_parameters``): set it on a single-phase
+    #: model whose `training_loss` can leave some parameters without gradients, or DDP
+    #: fails waiting for them. Models with several `optimizer_groups` get it anyway.
+    ddp_find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:
         super().__init__()
@@ -358,6 +362,11 @@ class GenerativeModel(nn.Module):
     def optimizer_options(self, phase: str) -> dict[str, Any]:
         """Per-phase overrides of the optimizer settings (e.g. ``{"lr": 4e-4}``)."""
         return {}
+
+    def training_epochs(self) -> int:
+        """Passes over the data when the run names none (``genmnist train`` without
+        ``--epochs``): the config's ``epochs`` field where it has one, else 10."""
+        return getattr(self.config, "epochs", 10)
 
     def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
         """Called by the trainer on the training device before it builds the optimizers,

@@ -1,0 +1,382 @@
+"""The run folder and the model folder: the one place that knows their file names.
+
+``genmnist train`` keeps a run folder; `GenerativeModel.save_pretrained` writes a model
+folder, the first two files of a run folder:
+
+    runs/x/
+      config.json            model config (also what `genmnist sample --checkpoint` reads)
+      model.safetensors      latest weights for sampling (EMA weights when EMA is on)
+      checkpoint.safetensors everything needed to resume, written atomically
+      metrics.jsonl          one JSON record per logging interval
+      loss.png               loss curves
+
+This module writes and reads them: the checkpoint with all of its validation (a damaged
+or foreign file gives a one-line `CheckpointError`, never another exception), the metrics
+log, the curves, and the questions the command line asks of a folder (`holds_run`,
+`holds_model`, `run_dataset`, `read_task_record`). It imports nothing of genmnist but
+`genmnist.io` and `genmnist.errors`, so the model base class can import its names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genmnist.errors import CheckpointError, TrainingError
+from genmnist.io import (
+    atomic_write,
+    flatten_state,
+    load_tensors,
+    read_json,
+    save_tensors,
+    unflatten_state,
+    write_json,
+)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "loss.png"
+#: Version of the checkpoint layout; a checkpoint of another version is refused.
+CHECKPOINT_VERSION = 1
+#: Metadata key of the checkpoint's JSON header in the safetensors file.
+HEADER_KEY = "genmnist"
+
+PathLike = str | os.PathLike[str]
+
+
+# ---------------------------------------------------------------------- questions
+def holds_model(folder: PathLike) -> bool:
+    """Whether ``folder`` holds a model (a ``config.json``, as a run or an export has)."""
+    return (Path(folder) / CONFIG_FILE).is_file()
+
+
+def holds_run(folder: PathLike) -> bool:
+    """Whether ``folder`` holds a training run that ``--resume`` can continue (a checkpoint)."""
+    return (Path(folder) / CHECKPOINT_FILE).is_file()
+
+
+def holds_metrics(folder: PathLike) -> bool:
+    """Whether ``folder`` holds a training log (``metrics.jsonl``)."""
+    return (Path(folder) / METRICS_FILE).is_file()
+
+
+def read_header(folder: PathLike) -> dict[str, Any] | None:
+    """The JSON header of the run's checkpoint, without reading its tensors; None when
+    there is no checkpoint or it cannot be read (callers use it for hints only)."""
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get(HEADER_KEY, "{}"))
+    except Exception:  # an unreadable checkpoint only loses the hint
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def run_dataset(folder: PathLike) -> str | None:
+    """The dataset a run folder was trained on, if its checkpoint says."""
+    dataset = (read_header(folder) or {}).get("dataset")
+    return dataset if isinstance(dataset, str) else None
+
+
+def read_task_record(folder: PathLike) -> dict[str, Any] | None:
+    """The training task's record in the run's checkpoint (see
+    `genmnist.training.TrainingTask.from_record`); None for a run written before tasks
+    were recorded (the default data task) or without a readable checkpoint."""
+    task = (read_header(folder) or {}).get("task")
+    return task if isinstance(task, dict) else None
+
+
+# ---------------------------------------------------------------------- model files
+def read_config(folder: PathLike) -> dict[str, Any]:
+    """The ``config.json`` record of a run or model folder.
+
+    Raises:
+        CheckpointError: if there is none, or it is not JSON.
+    """
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {CONFIG_FILE} here")
+    return read_json(path)
+
+
+def write_config(folder: PathLike, record: dict[str, Any]) -> Path:
+    """Write ``config.json`` (atomically); returns its path."""
+    return write_json(Path(folder) / CONFIG_FILE, record)
+
+
+def write_weights(folder: PathLike, state: dict[str, torch.Tensor], model_name: str) -> Path:
+    """Write ``model.safetensors`` (atomically); returns its path."""
+    return save_tensors(Path(folder) / WEIGHTS_FILE, state, {"model": model_name})
+
+
+def weights_path(folder: PathLike) -> Path:
+    """Where a run or model folder keeps its weights."""
+    return Path(folder) / WEIGHTS_FILE
+
+
+# ---------------------------------------------------------------------- metrics log
+def start_metrics(folder: PathLike) -> None:
+    """Begin a fresh run in ``folder``: create it and drop the log of an earlier run."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / METRICS_FILE).unlink(missing_ok=True)
+
+
+def append_metrics(folder: PathLike, record: dict[str, Any]) -> None:
+    """Append one record (a line of JSON) to the run's metrics log."""
+    with open(Path(folder) / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def trim_metrics(folder: PathLike, step: int) -> None:
+    """Drop records past ``step`` (written after the last checkpoint of a stopped run),
+    atomically."""
+    path = Path(folder) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and _record_step(line) <= step
+    ]
+    text = "".join(line + "\n" for line in kept)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_metrics(run: PathLike) -> list[dict[str, Any]]:
+    """The records of ``run/metrics.jsonl`` (or of that file given directly), in order.
+
+    Unreadable lines (a run killed mid-write) are skipped.
+
+    Raises:
+        CheckpointError: if there is no such file.
+    """
+    path = Path(run)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training log here")
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int | float):
+            records.append(record)
+    return records
+
+
+def write_curves(folder: PathLike, title: str) -> Path:
+    """Plot every logged ``*loss`` against the step into ``loss.png``; returns its path."""
+    from genmnist.viz import save_curves
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    for record in read_metrics(folder):
+        for key, value in record.items():
+            if key.endswith("loss") and isinstance(value, int | float):
+                series.setdefault(key, []).append((record["step"], float(value)))
+    return save_curves(series, Path(folder) / CURVE_FILE, title=title)
+
+
+def _record_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", math.inf))
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf
+
+
+# ---------------------------------------------------------------------- checkpoint
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides its header: state dicts of the model, its weight
+    average (None without EMA), the optimizers and schedulers by phase, and the global
+    torch RNG state."""
+
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    optimizers: dict[str, Any]
+    schedulers: dict[str, Any]
+    rng: torch.Tensor
+
+
+def write_checkpoint(folder: PathLike, header: dict[str, Any], state: TrainingState) -> Path:
+    """Write ``checkpoint.safetensors`` atomically: the tensors of ``state`` and a JSON
+    header (``header`` plus the layout version and the state's structure).
+
+    Raises:
+        TrainingError: if a tensor about to be saved is NaN or inf (the last good
+            checkpoint is left as it was).
+    """
+    rng = {"torch": state.rng}
+    skeleton, tensors = flatten_state(
+        {"optimizers": state.optimizers, "schedulers": state.schedulers, "rng": rng}
+    )
+    tensors.update({f"model.{k}": v for k, v in state.model.items()})
+    if state.ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in state.ema.items()})
+    for key, value in tensors.items():  # a finite loss can still give a step to inf
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise TrainingError(
+                f"'{key}' became NaN or inf at step {header.get('step')}; stopped without "
+                f"overwriting the last good checkpoint in {folder}"
+            )
+    full = {"version": CHECKPOINT_VERSION, **header, "state": skeleton}
+    return save_tensors(Path(folder) / CHECKPOINT_FILE, tensors, {HEADER_KEY: json.dumps(full)})
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read and checked by `read_checkpoint`; `restore` loads it into a run."""
+
+    path: Path
+    header: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    def restore(
+        self,
+        model: torch.nn.Module,
+        ema: torch.nn.Module | None,
+        optimizers: dict[str, torch.optim.Optimizer],
+        schedulers: dict[str, Any],
+    ) -> None:
+        """Load the weights, weight average, optimizer and scheduler states and the torch
+        RNG state, each checked against the live object first.
+
+        Raises:
+            CheckpointError: naming the file, for anything that does not fit.
+        """
+        tensors = self.tensors
+        try:
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            if ema is not None:
+                ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+            state = unflatten_state(self.header["state"], tensors)
+            for phase, optimizer in optimizers.items():
+                saved = state["optimizers"][phase]
+                check_optimizer_state(optimizer, saved, f"optimizers.{phase}")
+                optimizer.load_state_dict(saved)
+            for phase, scheduler in schedulers.items():
+                saved = state["schedulers"][phase]
+                check_like(scheduler.state_dict(), saved, f"schedulers.{phase}")
+                scheduler.load_state_dict(saved)
+            torch.set_rng_state(state["rng"]["torch"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{self.path}: {exc}") from None
+        except (
+            KeyError, IndexError, TypeError, AttributeError, RuntimeError, ValueError, OverflowError
+        ) as exc:  # fmt: skip
+            raise CheckpointError(
+                f"{self.path}: checkpoint does not fit this model ({exc})"
+            ) from None
+
+
+def read_checkpoint(folder: PathLike, model_name: str, config: dict[str, Any]) -> Checkpoint:
+    """Read ``checkpoint.safetensors`` for ``--resume`` and check its header: a genmnist
+    checkpoint of this layout version, of the model ``model_name`` with exactly
+    ``config``, with usable step, seed, dataset and number of processes.
+
+    Raises:
+        CheckpointError: naming the file, if it is missing, damaged or of another run.
+    """
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {path}; nothing to resume")
+    tensors, metadata = load_tensors(path)
+    try:
+        header = json.loads(metadata[HEADER_KEY])
+    except (KeyError, ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a genmnist training checkpoint")
+    if header.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint version {header.get('version')}")
+    if header.get("model") != model_name or header.get("config") != config:
+        raise CheckpointError(
+            f"{path}: the checkpoint holds a '{header.get('model')}' run with another "
+            "config; resume with the run's own config (genmnist train reads it from the run)"
+        )
+    if problem := _header_problem(header):
+        raise CheckpointError(f"{path}: {problem}")
+    return Checkpoint(path, header, tensors)
+
+
+def _header_problem(header: dict[str, Any]) -> str | None:
+    """What is wrong with the values of a checkpoint header that the loop uses, if anything."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    step, seed, world_size = header.get("step"), header.get("seed"), header.get("world_size", 1)
+    if not whole(step) or step < 0:
+        return f"invalid step {step!r} in the checkpoint header"
+    if not whole(seed) or not -(2**63) <= seed * 100_003 < 2**63:  # seeds the loop can use
+        return f"invalid seed {seed!r} in the checkpoint header"
+    if header.get("dataset", "mnist") not in ("mnist", "fashion-mnist"):
+        return f"invalid dataset {header.get('dataset')!r} in the checkpoint header"
+    if not whole(world_size) or world_size < 1:
+        return f"invalid world_size {world_size!r} in the checkpoint header"
+    if "task" in header and not (
+        isinstance(header["task"], dict) and isinstance(header["task"].get("name"), str)
+    ):
+        return f"invalid task {header['task']!r} in the checkpoint header"
+    if not isinstance(header.get("state"), dict):
+        return "the checkpoint header holds no training state"
+    return None
+
+
+def check_like(reference: Any, value: Any, where: str) -> None:
+    """Raise `CheckpointError` unless the saved ``value`` looks like ``reference`` (the
+    state of a fresh optimizer or scheduler): values of the same types under the keys both
+    have, lists of the same length, tensors of the same shape, finite numbers. Keys only
+    one side has are left to the loader (PyTorch fills in keys older versions lack)."""
+    if isinstance(reference, dict):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"'{where}' should be a mapping, got {type(value).__name__}")
+        for key in reference.keys() & value.keys():
+            check_like(reference[key], value[key], f"{where}.{key}")
+    elif isinstance(reference, list | tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(reference):
+            raise CheckpointError(f"'{where}' should be a list of {len(reference)} values")
+        for i, (a, b) in enumerate(zip(reference, value, strict=True)):
+            check_like(a, b, f"{where}.{i}")
+    elif isinstance(reference, torch.Tensor):
+        if not isinstance(value, torch.Tensor) or value.shape != reference.shape:
+            raise CheckpointError(f"'{where}' should be a tensor of shape {tuple(reference.shape)}")
+    else:  # a float may be saved as an int; None stands for an unset flag
+        allowed = {float: (int, float), type(None): (type(None), bool)}.get(
+            type(reference), (type(reference),)
+        )
+        if type(value) not in allowed or (isinstance(value, float) and not math.isfinite(value)):
+            raise CheckpointError(f"'{where}' has an invalid value {value!r}")
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, where: str) -> None:
+    """`check_like` for an optimizer's state: its hyper-parameters against a fresh one's,
+    and each parameter's tensors (scalars, or the parameter's shape)."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise CheckpointError(f"'{where}' is not an optimizer state")
+    check_like(optimizer.state_dict()["param_groups"], saved.get("param_groups"), where)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params):
+            raise CheckpointError(f"'{where}' holds state for an unknown parameter {index!r}")
+        if not isinstance(values, dict):
+            raise CheckpointError(f"'{where}.state.{index}' is not a mapping")
+        for key, value in values.items():
+            shape = params[index].shape
+            if not isinstance(value, torch.Tensor) or (value.ndim and value.shape != shape):
+                raise CheckpointError(
+                    f"'{where}.state.{index}.{key}' should be a tensor of shape {tuple(shape)}"
+                )

@@ -1,0 +1,418 @@
+"""The `Trainer`: a short loop over the batches that calls its collaborators (recipe
+checks, optimizers and EMA, the training task, the collectives, the run folder, the
+console)."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import signal
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genmnist import distributed, run_folder
+from genmnist.data import InMemoryDataset, load_dataset
+from genmnist.errors import CheckpointError, ConfigError, TrainingError
+from genmnist.models.base import GenerativeModel
+from genmnist.nn.modes import evaluating
+from genmnist.training.console import TrainingConsole
+from genmnist.training.optim import build_optimizers, weight_average
+from genmnist.training.options import TrainingInterrupted, TrainOptions, TrainResult
+from genmnist.training.parallel import (
+    agreed,
+    data_parallel,
+    mean_over_processes,
+    processes,
+    quiet,
+    step_consensus,
+)
+from genmnist.training.recipe import check_recipe, epochs, uses_bf16
+from genmnist.training.signals import StopRequest
+from genmnist.training.task import TrainingTask, check_same_task
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, else CUDA when available, else the CPU (under torchrun, a
+    CUDA device without an index is ``cuda:LOCAL_RANK``)."""
+    return distributed.pick_device(requested)
+
+
+@dataclass
+class _Plan:
+    """The numbers the loop runs by, fixed before the first step."""
+
+    step: int
+    resumed_from: int | None
+    batch_size: int
+    batches_per_epoch: int
+    total_steps: int
+
+
+class _Window:
+    """The logged numbers summed since the last metrics record, and the images seen."""
+
+    def __init__(self, start: float) -> None:
+        self.start, self.images, self.count = start, 0, 0
+        self.sums: dict[str, float] = {}
+
+    def add(self, logged: dict[str, float] | None, images: int) -> None:
+        self.images += images
+        if logged is not None:  # None: a skipped step
+            for k, v in logged.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            self.count += 1
+
+
+class Trainer:
+    """Trains a `GenerativeModel` on an in-memory dataset.
+
+    Args:
+        model: The model to train (its config holds the recipe).
+        options: Run options.
+        dataset: The training split; loaded from ``options`` when omitted.
+        log: Where progress lines go (default: a rich console on stderr).
+        task: What to optimise (default: `TrainingTask`, the model's own loss on the data).
+
+    Raises:
+        ConfigError: the recipe fields shared by all configs (``batch_size``, ``lr``,
+            ``weight_decay``, ``betas``, ``warmup_steps``, ``grad_clip``, ``ema_decay``,
+            ``optimizer``, ``lr_schedule``, ``precision``) have unusable types or values.
+    """
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        options: TrainOptions,
+        dataset: InMemoryDataset | None = None,
+        log: Callable[[str], None] | None = None,
+        task: TrainingTask | None = None,
+    ) -> None:
+        self.model = model
+        self.options = options
+        self.task = task or TrainingTask()
+        self.out = Path(options.out)
+        self.device = pick_device(options.device)
+        self.dataset = dataset
+        env = distributed.environment()
+        self.world_size, self.rank = env.world_size, env.rank
+        self.console = TrainingConsole(self.rank, log, options.progress)
+        check_recipe(model.config)
+        self.use_bf16 = uses_bf16(model, self.device.type)
+        self.stop = StopRequest()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation)
+
+    def log(self, message: str) -> None:
+        """Report a line of progress (only rank 0 speaks when training with torchrun)."""
+        self.console.log(message)
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Stop after the current step with a checkpoint, as SIGINT/SIGTERM do."""
+        self.stop.request(signum)
+
+    def fit(self) -> TrainResult:
+        """Train until the epochs (or ``max_steps``) are done; returns a summary.
+
+        Under torchrun (``WORLD_SIZE`` > 1) this joins the process group if the script has
+        not (and leaves it at the end), and trains data-parallel: see
+        [Training at scale](training-at-scale.md).
+
+        Raises:
+            TrainingInterrupted: after SIGINT/SIGTERM, once a checkpoint is written.
+            TrainingError: when the loss is NaN/inf (unless ``skip_nonfinite``), or the
+                weights or optimizer state about to be checkpointed are; the last
+                checkpoint is left as it was.
+            CheckpointError: ``resume`` without a usable checkpoint (missing, damaged, of
+                another run or of another training task), or a fresh run into a folder
+                that already holds one.
+            ConfigError: training fields of the config with unusable values (see
+                `Trainer`), or a batch size that the number of processes does not divide.
+        """
+        created_group = distributed.setup(self.device)
+        try:
+            return self._fit()
+        finally:
+            if created_group:
+                # Free DDP's reducer (it holds the group and threads) before the group goes:
+                # destroying the group under a live reducer can abort the process at exit.
+                self._loss = None
+                gc.collect()
+                distributed.teardown()
+
+    def _fit(self) -> TrainResult:
+        env = distributed.environment()
+        self.world_size, self.rank = env.world_size, env.rank
+        self.console.rank = self.rank
+        torch.manual_seed(self.options.seed)
+        agreed(self._check_folder, self.device)
+        self._load_data()
+        plan = agreed(self._setup, self.device)
+        if self.world_size > 1:
+            self._loss = data_parallel(self.model, self.task, self.device, len(self.optimizers))
+        else:
+            self._loss = functools.partial(self.task.loss, self.model)
+        self._agreed_stop = False
+        self._announce(plan)
+        started = time.perf_counter()
+        step, metrics, interrupted = self._train(plan, started)
+        # DDP copies rank 0's buffers (BatchNorm statistics) to the others at each forward
+        # pass; after the last one every process ends with rank 0's model.
+        distributed.broadcast_(self.model.buffers())
+        distributed.barrier()  # the files of rank 0 are complete when every process returns
+        seconds = time.perf_counter() - started
+        result = TrainResult(
+            step=step,
+            epoch=step // plan.batches_per_epoch,
+            seconds=seconds,
+            images_per_second=(step - plan.step) * plan.batch_size / max(seconds, 1e-9),
+            last_metrics=metrics,
+            interrupted=interrupted,
+            resumed_from=plan.resumed_from,
+            world_size=self.world_size,
+        )
+        if interrupted:
+            error = TrainingInterrupted(
+                f"interrupted at step {step:,}; checkpoint saved in {self.out}; "
+                "continue with --resume"
+            )
+            raise error if self.rank == 0 else quiet(error)
+        self.log(
+            f"Done: {step:,} steps in {seconds:,.0f} s ({result.images_per_second:,.0f} img/s); "
+            f"weights in {run_folder.weights_path(self.out)}"
+        )
+        return result
+
+    # ------------------------------------------------------------------ before the loop
+    def _check_folder(self) -> None:
+        if not self.options.resume and run_folder.holds_run(self.out):
+            raise CheckpointError(
+                f"{self.out} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+
+    def _load_data(self) -> None:
+        """Each process reads the dataset; the first process of each machine goes first
+        (it may download the files), the others after it."""
+        if self.dataset is not None:
+            return
+        opts = self.options
+        first = distributed.environment().local_rank == 0
+
+        def load():
+            self.dataset = load_dataset(opts.dataset, "train", opts.data_dir)
+
+        agreed(load if first else lambda: None, self.device)
+        agreed(load if not first else lambda: None, self.device)
+
+    def _plan(self) -> _Plan:
+        batch_size = self.model.config.batch_size
+        if batch_size % self.world_size != 0:
+            raise ConfigError(
+                f"batch size {batch_size} is not divisible by the {self.world_size} "
+                f"processes: each process takes an equal share of every batch (batch_size "
+                "is the global batch); change batch_size or the number of processes"
+            )
+        batches_per_epoch = len(self.dataset) // batch_size
+        if batches_per_epoch == 0:
+            raise ConfigError(
+                f"batch size {batch_size} is larger than the dataset ({len(self.dataset)})"
+            )
+        passes = epochs(self.model, self.options.epochs)
+        total_steps = self.options.max_steps
+        if total_steps is None:
+            total_steps = passes * batches_per_epoch
+        if total_steps <= 0:
+            raise ConfigError("nothing to train: epochs and max_steps must be positive")
+        return _Plan(0, None, batch_size, batches_per_epoch, total_steps)
+
+    def _setup(self) -> _Plan:
+        """Everything before the first step: checks, task, optimizers, EMA, resume, run
+        folder."""
+        plan = self._plan()
+        self.model.to(self.device).train()
+        self.task.prepare(self.model, self.dataset, self.options.resume)
+        self.optimizers, self.schedulers = build_optimizers(self.model, plan.total_steps)
+        self.ema = weight_average(self.model) if self.rank == 0 else None  # rank 0 exports
+        if self.options.resume:
+            plan.step = plan.resumed_from = self._resume(plan)
+        if self.rank == 0:
+            if not self.options.resume:
+                run_folder.start_metrics(self.out)
+            run_folder.write_config(self.out, self.model.config_record())
+            run_folder.trim_metrics(self.out, plan.step)
+        return plan
+
+    def _resume(self, plan: _Plan) -> int:
+        """Restore the run from its checkpoint; returns the step it continues from."""
+        opts = self.options
+        saved = run_folder.read_checkpoint(self.out, self.model.name, self.model.config.to_dict())
+        header = saved.header
+        check_same_task(header.get("task"), self.task, saved.path)
+        saved.restore(self.model, self.ema, self.optimizers, self.schedulers)
+        step = int(header["step"])
+        if header.get("dataset", opts.dataset) != opts.dataset:
+            raise CheckpointError(
+                f"{saved.path}: the run was trained on {header['dataset']}; "
+                f"resume it with --dataset {header['dataset']}"
+            )
+        if header.get("seed") != opts.seed:
+            self.log(f"note: the run used seed {header.get('seed')}; keeping it")
+            opts.seed = int(header["seed"])
+        self.log(
+            f"Resumed {saved.path} at step {step:,} (epoch "
+            f"{step // plan.batches_per_epoch + 1}, batch {step % plan.batches_per_epoch})"
+        )
+        before = int(header.get("world_size", 1))
+        if before != self.world_size:
+            self.log(
+                f"note: the run was trained with {processes(before)}, now "
+                f"{processes(self.world_size)}; the global batch stays {plan.batch_size}, "
+                "so the recipe is unchanged (random draws differ from a run that keeps "
+                f"{processes(before)})"
+            )
+        return step
+
+    def _announce(self, plan: _Plan) -> None:
+        precision = "bf16 autocast" if self.use_bf16 else "fp32"
+        scale, batch = "", f"batch {plan.batch_size}"
+        if self.world_size > 1:
+            scale = (
+                f" x {self.world_size} processes ({distributed.backend()}, "
+                f"{torch.get_num_threads()} threads each)"
+            )
+            batch += f" ({plan.batch_size // self.world_size} per process)"
+        self.log(
+            f"Training [bold]{self.model.name}[/] ({self.model.num_parameters():,} parameters) "
+            f"on {self.device.type}{scale} ({precision}), {self.options.dataset}: "
+            f"{len(self.dataset):,} images, {batch}, {plan.total_steps:,} steps, "
+            f"seed {self.options.seed} -> {self.out}"
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def _train(self, plan: _Plan, started: float) -> tuple[int, dict[str, float], bool]:
+        """Step until done or stopped; returns the last step, the last logged metrics and
+        whether the run was interrupted."""
+        opts = self.options
+        step, metrics, window = plan.step, {}, _Window(started)
+        self._order = None
+        bf16 = torch.autocast(self.device.type, dtype=torch.bfloat16)
+        autocast = bf16 if self.use_bf16 else nullcontext()
+        with self.stop.handling(), self.console.progress(plan.total_steps, step):
+            while step < plan.total_steps:
+                images, labels = self._batch(plan, step)
+                torch.manual_seed(distributed.step_seed(opts.seed, step, self.rank))
+                logged = self._train_step(images, labels, step, autocast)
+                step += 1
+                window.add(logged, plan.batch_size)
+                end_of_epoch = step % plan.batches_per_epoch == 0
+                last = step == plan.total_steps
+                if step % opts.log_every == 0 or end_of_epoch or last:
+                    metrics, window = self._record(window, step, plan, started)
+                self.console.advance(step)
+                # several processes stop after the step they agreed on (`step_consensus`)
+                stop = self._agreed_stop if self.world_size > 1 else self.stop.requested
+                if self.rank == 0:
+                    if stop or end_of_epoch or last or step % opts.checkpoint_every == 0:
+                        self._save_checkpoint(step)
+                    if end_of_epoch or last:
+                        run_folder.write_curves(self.out, f"{self.model.name} training loss")
+                if stop:
+                    return step, metrics, True
+        return step, metrics, False
+
+    def _batch(self, plan: _Plan, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of the batch of ``step``, on the device: every process
+        draws the same permutation of the data per epoch and takes its slice."""
+        epoch, batch_index = divmod(step, plan.batches_per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            seed = self.options.seed * 100_003 + epoch
+            permutation = torch.randperm(
+                len(self.dataset), generator=torch.Generator().manual_seed(seed)
+            )
+            self._order = (epoch, permutation)
+        local_batch = plan.batch_size // self.world_size
+        start = batch_index * plan.batch_size + self.rank * local_batch
+        images, labels = self.dataset.batch(self._order[1][start : start + local_batch])
+        return images.to(self.device), labels.to(self.device)
+
+    def _train_step(self, images, labels, step, autocast) -> dict[str, float] | None:
+        """One optimizer step per phase; the logged losses, or None for a skipped step."""
+        logged: dict[str, float] = {}
+        for phase, optimizer in self.optimizers.items():
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                losses = self._loss(images, labels, step, phase)
+            loss = losses["loss"]
+            consensus = step_consensus(loss, self.stop.requested, self.world_size)
+            self._agreed_stop = self._agreed_stop or consensus.stop
+            if not consensus.finite:
+                if self.options.skip_nonfinite:
+                    self.log(f"step {step}: {phase} loss is {consensus.loss}; step skipped")
+                    return None
+                error = TrainingError(
+                    f"{phase} loss became {consensus.loss} at step {step}; stopped without "
+                    f"overwriting the last good checkpoint in {self.out}"
+                )
+                raise error if self.rank == 0 else quiet(error)
+            loss.backward()  # with several processes, DDP averages the gradients here
+            if self.model.config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]],
+                    self.model.config.grad_clip,
+                )
+            optimizer.step()
+            self.schedulers[phase].step()
+            prefix = "" if len(self.optimizers) == 1 else f"{phase}_"
+            logged.update({prefix + k: float(v.detach()) for k, v in losses.items()})
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return logged
+
+    def _record(
+        self, window: _Window, step: int, plan: _Plan, started: float
+    ) -> tuple[dict[str, float], _Window]:
+        """Close a logging window: the mean of its numbers over steps and processes (and,
+        on rank 0, the model's `training_metrics`, written to the metrics log)."""
+        sums = mean_over_processes(window.sums, self.world_size, self.device)
+        now = time.perf_counter()
+        rate = window.images / max(now - window.start, 1e-9)
+        metrics = {k: v / max(window.count, 1) for k, v in sums.items()}
+        if self.rank == 0:
+            with evaluating(self.model), torch.inference_mode():
+                metrics.update(self.model.training_metrics(step))
+            lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]
+            record = {"step": step, "epoch": step / plan.batches_per_epoch, **metrics, "lr": lr}
+            record.update(images_per_second=rate, time=now - started)
+            run_folder.append_metrics(self.out, record)
+            self.console.show(metrics, rate)
+        return metrics, _Window(now)
+
+    def _save_checkpoint(self, step: int) -> None:
+        """Write the checkpoint, then the weights to export (the EMA's when there is one)."""
+        header = {
+            "model": self.model.name,
+            "config": self.model.config.to_dict(),
+            "task": self.task.record(),
+            "step": step,
+            "seed": self.options.seed,
+            "dataset": self.options.dataset,
+            "world_size": self.world_size,
+        }
+        state = run_folder.TrainingState(
+            model=self.model.state_dict(),
+            ema=None if self.ema is None else self.ema.state_dict(),
+            optimizers={k: v.state_dict() for k, v in self.optimizers.items()},
+            schedulers={k: v.state_dict() for k, v in self.schedulers.items()},
+            rng=torch.get_rng_state(),
+        )
+        run_folder.write_checkpoint(self.out, header, state)
+        exported = self.ema.module if self.ema is not None else self.model
+        run_folder.write_weights(self.out, exported.state_dict(), self.model.name)

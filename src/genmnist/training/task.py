@@ -1,0 +1,91 @@
+"""Training tasks: what the trainer optimises for a model.
+
+The default task, ``data``, learns the training data through the model's own hooks
+(`GenerativeModel.prepare_training` and `GenerativeModel.training_loss`). A subclass
+changes the loss (distillation from a teacher, say) without changing the model: register
+it in `TRAINING_TASKS` under its `TrainingTask.name`, and give
+``Trainer(..., task=MyTask(...))``. The task's `TrainingTask.record` is saved in the
+checkpoint header, so ``--resume`` continues a run only with the task it was trained
+with; exported weights and ``config.json`` stay those of the model alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import Tensor
+
+from genmnist.errors import CheckpointError
+from genmnist.registry import Registry
+
+if TYPE_CHECKING:
+    from genmnist.data import InMemoryDataset
+    from genmnist.models.base import GenerativeModel
+
+#: Training tasks by name; a checkpoint's task record names one.
+TRAINING_TASKS: Registry = Registry("training task")
+
+
+@TRAINING_TASKS.register("data")
+class TrainingTask:
+    """Default: learn the data. Subclasses (e.g. distillation from a teacher) change the loss.
+
+    A subclass sets a new `name`, registers itself in `TRAINING_TASKS` and, when its
+    constructor takes arguments, returns them from `record` beside the name (JSON values)
+    so that `from_record` can rebuild it.
+    """
+
+    #: The name the task is registered under and recorded with.
+    name: ClassVar[str] = "data"
+
+    def prepare(self, model: GenerativeModel, data: InMemoryDataset, resume: bool) -> None:
+        """Called once before the optimizers are built (see
+        `GenerativeModel.prepare_training`, which the default calls)."""
+        model.prepare_training(data, resume)
+
+    def loss(
+        self, model: GenerativeModel, images: Tensor, labels: Tensor, step: int, phase: str
+    ) -> dict[str, Tensor]:
+        """The losses of one batch for one phase: the scalar to minimise under ``"loss"``
+        and any other scalars to log (see `GenerativeModel.training_loss`, which the
+        default calls)."""
+        return model.training_loss(images, labels, step, phase)
+
+    def record(self) -> dict[str, Any]:
+        """What identifies the task, as JSON: its ``name`` and its constructor's keyword
+        arguments. Saved in the checkpoint header."""
+        return {"name": self.name}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any] | None) -> TrainingTask:
+        """The task a checkpoint header records (None, a header of a run from before tasks
+        were recorded: the default data task), rebuilt through `TRAINING_TASKS`.
+
+        Raises:
+            CheckpointError: the record is not a task record, or does not fit the task.
+            RegistryError: no task of that name is registered.
+        """
+        if record is None:
+            return TrainingTask()
+        if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+            raise CheckpointError(f"not a training task record: {record!r}"[:300])
+        task_class = TRAINING_TASKS.get(record["name"])
+        options = {k: v for k, v in record.items() if k != "name"}
+        try:
+            return task_class(**options)
+        except TypeError:
+            raise CheckpointError(
+                f"the task record {record!r} does not fit {task_class.__name__}"[:300]
+            ) from None
+
+
+def check_same_task(saved: dict[str, Any] | None, task: TrainingTask, path: Path) -> None:
+    """`CheckpointError` unless the run in ``path`` was trained with ``task`` (a header
+    without a task record was written with the default data task)."""
+    saved = saved if saved is not None else TrainingTask().record()
+    if saved != task.record():
+        raise CheckpointError(
+            f"{path}: the run was trained with the task {saved}, not {task.record()}; "
+            "resume it with its own task"
+        )
