@@ -11,17 +11,20 @@ import pytest
 import torch
 from PIL import Image
 
-from genmnist.errors import CheckpointError, ConfigError, TrainingError
-from genmnist.io import load_tensors
+from genmnist.errors import CheckpointError, ConfigError, RegistryError, TrainingError
+from genmnist.io import load_tensors, save_tensors
 from genmnist.models import load
+from genmnist.run_folder import read_task_record
 from genmnist.training import (
     CHECKPOINT_FILE,
     CURVE_FILE,
     LR_SCHEDULES,
     METRICS_FILE,
     OPTIMIZERS,
+    TRAINING_TASKS,
     Trainer,
     TrainingInterrupted,
+    TrainingTask,
     TrainOptions,
     constant_schedule,
     cosine_schedule,
@@ -35,11 +38,15 @@ BATCH = 16  # 256 synthetic images -> 16 batches per epoch
 def train(tiny_model, tiny_dataset):
     """``train(out, model=None, log=None, **options)`` -> ``(trainer, result)``."""
 
-    def run(out, model=None, log=None, **options):
+    def run(out, model=None, log=None, task=None, **options):
         model = model if model is not None else tiny_model("vae-mlp", **FP32)
         options = {"progress": False, "log_every": 5, "device": "cpu", **options}
         trainer = Trainer(
-            model, TrainOptions(out=out, **options), dataset=tiny_dataset, log=log or print
+            model,
+            TrainOptions(out=out, **options),
+            dataset=tiny_dataset,
+            log=log or print,
+            task=task,
         )
         return trainer, trainer.fit()
 
@@ -412,3 +419,100 @@ def test_resume_keeps_the_runs_seed(train, tmp_path):
     resumed, _ = train(out, max_steps=10, seed=7, resume=True, log=lines.append)
     assert any("the run used seed 42; keeping it" in line for line in lines)
     assert_same_run(full, resumed)
+
+
+# --------------------------------------------------------------------------- training tasks
+class ScaledLoss(TrainingTask):
+    """The data loss times ``factor``, which it logs as ``scale``."""
+
+    name = "test-scaled-loss"
+
+    def __init__(self, factor: float = 2.0) -> None:
+        self.factor = factor
+        self.prepared: list[bool] = []
+
+    def prepare(self, model, data, resume):
+        self.prepared.append(resume)
+        super().prepare(model, data, resume)
+
+    def loss(self, model, images, labels, step, phase):
+        losses = super().loss(model, images, labels, step, phase)
+        scale = torch.tensor(self.factor)
+        return {**losses, "loss": losses["loss"] * scale, "scale": scale}
+
+    def record(self):
+        return {"name": self.name, "factor": self.factor}
+
+
+if ScaledLoss.name not in TRAINING_TASKS.list():
+    TRAINING_TASKS.register(ScaledLoss.name, ScaledLoss)
+
+
+def test_the_task_loss_is_trained_and_recorded(train, tmp_path):
+    task = ScaledLoss(3.0)
+    train(tmp_path / "data", max_steps=5)
+    trainer, _ = train(tmp_path / "scaled", max_steps=5, task=task)
+    assert task.prepared == [False]
+    data, scaled = _metrics(tmp_path / "data")[0], _metrics(tmp_path / "scaled")[0]
+    assert "scale" not in data and scaled["scale"] == 3.0
+    assert scaled["loss"] == pytest.approx(3.0 * data["loss"], rel=0.05)
+    assert _checkpoint_header(tmp_path / "scaled")["task"] == task.record()
+    assert _checkpoint_header(tmp_path / "data")["task"] == {"name": "data"}
+    rebuilt = TrainingTask.from_record(read_task_record(tmp_path / "scaled"))
+    assert type(rebuilt) is ScaledLoss and rebuilt.factor == 3.0
+    # the exported model is the model alone: it loads and samples without the task
+    assert load(tmp_path / "scaled").config == trainer.model.config
+
+
+def test_resume_with_the_runs_task_is_exact(train, tiny_model, tmp_path):
+    full, _ = train(tmp_path / "full", max_steps=10, task=ScaledLoss(3.0))
+    train(tmp_path / "run", max_steps=5, task=ScaledLoss(3.0))
+    task = ScaledLoss(3.0)
+    resumed, result = train(
+        tmp_path / "run", tiny_model("vae-mlp", seed=5, **FP32), max_steps=10, resume=True,
+        task=task,
+    )  # fmt: skip
+    assert result.resumed_from == 5 and task.prepared == [True]
+    assert_same_run(full, resumed)
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [(None, ScaledLoss(3.0)), (ScaledLoss(3.0), None), (ScaledLoss(3.0), ScaledLoss(2.0))],
+    ids=["data-then-scaled", "scaled-then-data", "other-factor"],
+)
+def test_resume_with_another_task_is_refused(train, tmp_path, first, then):
+    out = tmp_path / "run"
+    train(out, max_steps=2, task=first)
+    before = (out / CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(CheckpointError, match="trained with the task") as error:
+        train(out, max_steps=4, resume=True, task=then)
+    assert "\n" not in str(error.value)
+    assert (out / CHECKPOINT_FILE).read_bytes() == before
+
+
+def test_a_checkpoint_without_a_task_resumes_as_the_data_task(train, tiny_model, tmp_path):
+    """Checkpoints written before tasks were recorded have no ``task`` in the header."""
+    full, _ = train(tmp_path / "full", max_steps=10)
+    out = tmp_path / "run"
+    train(out, max_steps=5)
+    tensors, metadata = load_tensors(out / CHECKPOINT_FILE)
+    header = json.loads(metadata["genmnist"])
+    del header["task"]
+    save_tensors(out / CHECKPOINT_FILE, tensors, {"genmnist": json.dumps(header)})
+    assert read_task_record(out) is None
+    assert type(TrainingTask.from_record(None)) is TrainingTask
+    resumed, result = train(out, tiny_model("vae-mlp", seed=5, **FP32), max_steps=10, resume=True)
+    assert result.resumed_from == 5
+    assert_same_run(full, resumed)
+    with pytest.raises(CheckpointError, match="trained with the task"):
+        train(tmp_path / "full", max_steps=12, resume=True, task=ScaledLoss())
+
+
+def test_task_records_that_do_not_fit():
+    with pytest.raises(RegistryError):
+        TrainingTask.from_record({"name": "no-such-task"})
+    with pytest.raises(CheckpointError, match="does not fit"):
+        TrainingTask.from_record({"name": ScaledLoss.name, "unknown": 1})
+    with pytest.raises(CheckpointError, match="not a training task record"):
+        TrainingTask.from_record({"factor": 2.0})
