@@ -63,6 +63,15 @@ def holds_run(folder: PathLike) -> bool:
     return (Path(folder) / CHECKPOINT_FILE).is_file()
 
 
+def check_fresh(folder: PathLike, resume: bool) -> None:
+    """`CheckpointError` when a new run (not ``resume``) would write over a run already in
+    ``folder``: a typo must not overwrite a day of training."""
+    if not resume and holds_run(folder):
+        raise CheckpointError(
+            f"{folder} already holds a run; pass --resume to continue it or choose another --out"
+        )
+
+
 def holds_metrics(folder: PathLike) -> bool:
     """Whether ``folder`` holds a training log (``metrics.jsonl``)."""
     return (Path(folder) / METRICS_FILE).is_file()

@@ -21,12 +21,14 @@ from genmnist.data import InMemoryDataset, load_dataset
 from genmnist.errors import CheckpointError, ConfigError, TrainingError
 from genmnist.models.base import GenerativeModel
 from genmnist.nn.modes import evaluating
+from genmnist.training.batches import ShardedBatches
 from genmnist.training.console import TrainingConsole
 from genmnist.training.optim import build_optimizers, weight_average
 from genmnist.training.options import TrainingInterrupted, TrainOptions, TrainResult
 from genmnist.training.parallel import (
     agreed,
     data_parallel,
+    machine_first,
     mean_over_processes,
     processes,
     quiet,
@@ -108,7 +110,6 @@ class Trainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
-        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation)
 
     def log(self, message: str) -> None:
         """Report a line of progress (only rank 0 speaks when training with torchrun)."""
@@ -152,7 +153,7 @@ class Trainer:
         self.world_size, self.rank = env.world_size, env.rank
         self.console.rank = self.rank
         torch.manual_seed(self.options.seed)
-        agreed(self._check_folder, self.device)
+        agreed(lambda: run_folder.check_fresh(self.out, self.options.resume), self.device)
         self._load_data()
         plan = agreed(self._setup, self.device)
         if self.world_size > 1:
@@ -160,7 +161,7 @@ class Trainer:
         else:
             self._loss = functools.partial(self.task.loss, self.model)
         self._agreed_stop = False
-        self._announce(plan)
+        self.log(_announcement(self, plan))
         started = time.perf_counter()
         step, metrics, interrupted = self._train(plan, started)
         # DDP copies rank 0's buffers (BatchNorm statistics) to the others at each forward
@@ -191,26 +192,14 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ before the loop
-    def _check_folder(self) -> None:
-        if not self.options.resume and run_folder.holds_run(self.out):
-            raise CheckpointError(
-                f"{self.out} already holds a run; pass --resume to continue it or choose "
-                "another --out"
-            )
-
     def _load_data(self) -> None:
-        """Each process reads the dataset; the first process of each machine goes first
-        (it may download the files), the others after it."""
-        if self.dataset is not None:
-            return
-        opts = self.options
-        first = distributed.environment().local_rank == 0
+        if self.dataset is None:
+            opts = self.options
 
-        def load():
-            self.dataset = load_dataset(opts.dataset, "train", opts.data_dir)
+            def load():
+                self.dataset = load_dataset(opts.dataset, "train", opts.data_dir)
 
-        agreed(load if first else lambda: None, self.device)
-        agreed(load if not first else lambda: None, self.device)
+            machine_first(load, self.device)
 
     def _plan(self) -> _Plan:
         batch_size = self.model.config.batch_size
@@ -280,34 +269,20 @@ class Trainer:
             )
         return step
 
-    def _announce(self, plan: _Plan) -> None:
-        precision = "bf16 autocast" if self.use_bf16 else "fp32"
-        scale, batch = "", f"batch {plan.batch_size}"
-        if self.world_size > 1:
-            scale = (
-                f" x {self.world_size} processes ({distributed.backend()}, "
-                f"{torch.get_num_threads()} threads each)"
-            )
-            batch += f" ({plan.batch_size // self.world_size} per process)"
-        self.log(
-            f"Training [bold]{self.model.name}[/] ({self.model.num_parameters():,} parameters) "
-            f"on {self.device.type}{scale} ({precision}), {self.options.dataset}: "
-            f"{len(self.dataset):,} images, {batch}, {plan.total_steps:,} steps, "
-            f"seed {self.options.seed} -> {self.out}"
-        )
-
     # ------------------------------------------------------------------ the loop
     def _train(self, plan: _Plan, started: float) -> tuple[int, dict[str, float], bool]:
         """Step until done or stopped; returns the last step, the last logged metrics and
         whether the run was interrupted."""
         opts = self.options
         step, metrics, window = plan.step, {}, _Window(started)
-        self._order = None
+        batches = ShardedBatches(
+            self.dataset, plan.batch_size, self.world_size, self.rank, opts.seed, self.device
+        )
         bf16 = torch.autocast(self.device.type, dtype=torch.bfloat16)
         autocast = bf16 if self.use_bf16 else nullcontext()
         with self.stop.handling(), self.console.progress(plan.total_steps, step):
             while step < plan.total_steps:
-                images, labels = self._batch(plan, step)
+                images, labels = batches(step)
                 torch.manual_seed(distributed.step_seed(opts.seed, step, self.rank))
                 logged = self._train_step(images, labels, step, autocast)
                 step += 1
@@ -327,21 +302,6 @@ class Trainer:
                 if stop:
                     return step, metrics, True
         return step, metrics, False
-
-    def _batch(self, plan: _Plan, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's share of the batch of ``step``, on the device: every process
-        draws the same permutation of the data per epoch and takes its slice."""
-        epoch, batch_index = divmod(step, plan.batches_per_epoch)
-        if self._order is None or self._order[0] != epoch:
-            seed = self.options.seed * 100_003 + epoch
-            permutation = torch.randperm(
-                len(self.dataset), generator=torch.Generator().manual_seed(seed)
-            )
-            self._order = (epoch, permutation)
-        local_batch = plan.batch_size // self.world_size
-        start = batch_index * plan.batch_size + self.rank * local_batch
-        images, labels = self.dataset.batch(self._order[1][start : start + local_batch])
-        return images.to(self.device), labels.to(self.device)
 
     def _train_step(self, images, labels, step, autocast) -> dict[str, float] | None:
         """One optimizer step per phase; the logged losses, or None for a skipped step."""
@@ -397,22 +357,45 @@ class Trainer:
 
     def _save_checkpoint(self, step: int) -> None:
         """Write the checkpoint, then the weights to export (the EMA's when there is one)."""
-        header = {
-            "model": self.model.name,
-            "config": self.model.config.to_dict(),
-            "task": self.task.record(),
-            "step": step,
-            "seed": self.options.seed,
-            "dataset": self.options.dataset,
-            "world_size": self.world_size,
-        }
-        state = run_folder.TrainingState(
-            model=self.model.state_dict(),
-            ema=None if self.ema is None else self.ema.state_dict(),
-            optimizers={k: v.state_dict() for k, v in self.optimizers.items()},
-            schedulers={k: v.state_dict() for k, v in self.schedulers.items()},
-            rng=torch.get_rng_state(),
-        )
-        run_folder.write_checkpoint(self.out, header, state)
+        run_folder.write_checkpoint(self.out, *_checkpoint(self, step))
         exported = self.ema.module if self.ema is not None else self.model
         run_folder.write_weights(self.out, exported.state_dict(), self.model.name)
+
+
+def _checkpoint(trainer: Trainer, step: int) -> tuple[dict[str, Any], run_folder.TrainingState]:
+    """The header and the state of the checkpoint of ``step``."""
+    header = {
+        "model": trainer.model.name,
+        "config": trainer.model.config.to_dict(),
+        "task": trainer.task.record(),
+        "step": step,
+        "seed": trainer.options.seed,
+        "dataset": trainer.options.dataset,
+        "world_size": trainer.world_size,
+    }
+    state = run_folder.TrainingState(
+        model=trainer.model.state_dict(),
+        ema=None if trainer.ema is None else trainer.ema.state_dict(),
+        optimizers={k: v.state_dict() for k, v in trainer.optimizers.items()},
+        schedulers={k: v.state_dict() for k, v in trainer.schedulers.items()},
+        rng=torch.get_rng_state(),
+    )
+    return header, state
+
+
+def _announcement(trainer: Trainer, plan: _Plan) -> str:
+    """The line that starts a run: what trains where, on what, how long."""
+    precision = "bf16 autocast" if trainer.use_bf16 else "fp32"
+    scale, batch = "", f"batch {plan.batch_size}"
+    if trainer.world_size > 1:
+        scale = (
+            f" x {trainer.world_size} processes ({distributed.backend()}, "
+            f"{torch.get_num_threads()} threads each)"
+        )
+        batch += f" ({plan.batch_size // trainer.world_size} per process)"
+    return (
+        f"Training [bold]{trainer.model.name}[/] ({trainer.model.num_parameters():,} parameters) "
+        f"on {trainer.device.type}{scale} ({precision}), {trainer.options.dataset}: "
+        f"{len(trainer.dataset):,} images, {batch}, {plan.total_steps:,} steps, "
+        f"seed {trainer.options.seed} -> {trainer.out}"
+    )

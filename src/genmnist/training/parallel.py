@@ -102,6 +102,15 @@ def agreed(action: Callable[[], Any], device: torch.device) -> Any:
     raise error
 
 
+def machine_first(action: Callable[[], Any], device: torch.device) -> None:
+    """Run ``action`` in the first process of each machine, then in the others (reading
+    the dataset: the first may download the files, the others then find them), failing
+    everywhere if it fails anywhere (see `agreed`)."""
+    first = distributed.environment().local_rank == 0
+    agreed(action if first else lambda: None, device)
+    agreed(action if not first else lambda: None, device)
+
+
 @dataclass(frozen=True)
 class StepConsensus:
     """What every process agrees on after computing a loss.
