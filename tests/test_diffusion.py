@@ -3,19 +3,15 @@ objectives, and the DDPM model wiring."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from genmnist.data import InMemoryDataset
 from genmnist.diffusion import (
     OBJECTIVES,
     SAMPLERS,
     SCHEDULES,
-    autoguidance,
-    classifier_free_guidance,
     spaced_timesteps,
 )
 from genmnist.errors import ConfigError
@@ -222,40 +218,6 @@ def test_samplers_are_deterministic_and_report_each_step(sampler):
     assert [i for i, _, _ in seen[:6]] == list(range(6))
 
 
-def test_classifier_free_guidance_combines_predictions():
-    def predict(x, t, labels):
-        return labels.float()[:, None, None, None] + torch.zeros_like(x)
-
-    labels = torch.tensor([3, 5])
-    x, t = torch.zeros(2, 1, 1, 1), torch.zeros(2, dtype=torch.long)
-    guided = classifier_free_guidance(predict, labels, null_label=10, scale=2.0)(x, t)
-    # uncond (10) + 2 * (cond - uncond)
-    torch.testing.assert_close(
-        guided.flatten(), torch.tensor([10 + 2 * (3 - 10.0), 10 + 2 * (5 - 10.0)])
-    )
-    plain = classifier_free_guidance(predict, labels, null_label=10, scale=1.0)(x, t)
-    torch.testing.assert_close(plain.flatten(), torch.tensor([3.0, 5.0]))
-
-
-def test_autoguidance_extrapolates_away_from_the_guide():
-    x, t = torch.zeros(2, 1, 1, 1), torch.zeros(2, dtype=torch.long)
-    calls = []
-
-    def model(x, t):
-        calls.append("model")
-        return torch.full_like(x, 3.0)
-
-    def guide(x, t):
-        calls.append("guide")
-        return torch.full_like(x, 1.0)
-
-    # guide + 2.5 * (model - guide) = 1 + 2.5 * 2
-    torch.testing.assert_close(autoguidance(model, guide, 2.5)(x, t), torch.full_like(x, 6.0))
-    calls.clear()
-    torch.testing.assert_close(autoguidance(model, guide, 1.0)(x, t), torch.full_like(x, 3.0))
-    assert calls == ["model"]  # scale 1 never runs the guide
-
-
 # ---------------------------------------------------------------- objectives and losses
 @pytest.mark.parametrize("name", ["eps", "x0", "v"])
 def test_objectives_invert_their_targets(name):
@@ -347,175 +309,6 @@ def test_ddpm_samples_in_bf16_by_default_close_to_fp32():
     assert (default - full).abs().mean() < 0.05
 
 
-def _ddpm_pair():
-    torch.manual_seed(0)
-    model = create_model("ddpm", **TINY)
-    guide = create_model("ddpm", **{**TINY, "channels": (4, 8, 8)})
-    for p in [*model.parameters(), *guide.parameters()]:
-        p.data.add_(torch.randn_like(p) * 0.05)
-    return model, guide
-
-
-def test_ddpm_with_guide_samples_with_autoguidance_and_round_trips(tmp_path):
-    model, guide = _ddpm_pair()
-    guided = model.with_guide(guide, scale=2.0)
-    assert guided.config.guide_channels == (4, 8, 8) and guided.takes_guidance
-    assert not model.takes_guidance and guided.name == "ddpm"
-    # scale 1 is the model alone; the default scale moves the samples
-    alone = model.sample(3, seed=1, precision="fp32")
-    torch.testing.assert_close(guided.sample(3, seed=1, precision="fp32", guidance=1.0), alone)
-    default = guided.sample(3, seed=1, precision="fp32")
-    assert (default - alone).abs().mean() > 1e-3
-    torch.testing.assert_close(default, guided.sample(3, seed=1, precision="fp32", guidance=2.0))
-    # the guide's weights travel with the model
-    loaded = load(guided.save_pretrained(tmp_path / "guided"))
-    assert loaded.config.guide_channels == (4, 8, 8) and loaded.config.guidance_scale == 2.0
-    torch.testing.assert_close(loaded.sample(3, seed=1, precision="fp32"), default)
-
-
-def test_ddpm_guide_must_match_and_guided_models_do_not_train():
-    model, guide = _ddpm_pair()
-    with pytest.raises(ConfigError, match="objective"):
-        model.with_guide(create_model("ddpm", **{**TINY, "objective": "eps"}), 2.0)
-    with pytest.raises(ConfigError, match="unconditional"):
-        model.with_guide(create_model("ddpm-cfg", **TINY), 2.0)
-    with pytest.raises(ConfigError, match="unconditional"):
-        create_model("ddpm-cfg", **TINY, guide_channels=(4, 8, 8))
-    guided = model.with_guide(guide, 2.0)
-    with pytest.raises(ConfigError, match="with_guide"):
-        guided.training_loss(torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), 0)
-    with pytest.raises(ConfigError, match="neither clusters nor a guide network"):
-        model.sample(2, guidance=2.0)
-
-
-def test_cli_guidance_applies_to_a_guided_ddpm(capsys, tmp_path):
-    model, guide = _ddpm_pair()
-    folder = model.with_guide(guide, 2.0).save_pretrained(tmp_path / "ddpm")
-    out = tmp_path / "g.npy"
-    code, _, err = _cli(
-        capsys, "sample", "ddpm", "--checkpoint", folder, "-n", "2", "--guidance", "1.5",
-        "--seed", "0", "-o", out,
-    )  # fmt: skip
-    assert code == 0, err
-    import numpy as np
-
-    expected = load(folder).sample(2, seed=0, guidance=1.5).numpy()
-    assert np.allclose(np.load(out), expected, atol=1e-6)
-
-
-def _teacher_folder(tmp_path, scale=3.0):
-    """A tiny autoguided DDPM saved as a folder, the teacher of a distillation run."""
-    model, guide = _ddpm_pair()
-    return model.with_guide(guide, scale).save_pretrained(tmp_path / "teacher")
-
-
-#: A stand-in training split for `prepare_training` of models that do not read it.
-_MNIST = InMemoryDataset(
-    torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4), "mnist", "train"
-)
-
-
-def _images(n=16):
-    return torch.rand(n, 1, 28, 28), torch.zeros(n, dtype=torch.long)
-
-
-def test_distillation_starts_from_the_teacher_and_learns_its_guided_estimate(tmp_path):
-    teacher_dir = _teacher_folder(tmp_path)
-    teacher = load(teacher_dir)
-    student = create_model("ddpm", **TINY, distill_teacher=str(teacher_dir), precision="fp32")
-    assert student.distilled and not student.takes_guidance
-    student.prepare_training(_MNIST, resume=False)
-    for key, value in teacher.unet.state_dict().items():
-        assert torch.equal(student.unet.state_dict()[key], value)
-    assert not any(k.startswith("_teacher") for k in student.state_dict())
-
-    x_t, t = torch.randn(4, 1, 28, 28), torch.tensor([5, 20, 35, 49])
-    # the target is the teacher's guided estimate (scale 3, its default) ...
-    torch.testing.assert_close(student._teacher_x0(x_t, t, None), teacher.denoiser(None)(x_t, t))
-    # ... and at scale 1 the teacher is its U-Net alone, which the student starts as
-    student.config = student.config.replace(distill_guidance=1.0)
-    torch.testing.assert_close(student._teacher_x0(x_t, t, None), student.predict_x0(x_t, t))
-
-    def loss(guidance):
-        student.config = student.config.replace(distill_guidance=guidance)
-        torch.manual_seed(0)
-        return float(student.training_loss(*_images(), step=0)["loss"].detach())
-
-    assert loss(3.0) > 5 * loss(1.0)  # guidance is what the student has to learn
-
-
-def test_distillation_training_moves_the_student_to_the_guided_teacher(tmp_path, tiny_dataset):
-    from genmnist.training import Trainer, TrainOptions
-
-    student = create_model(
-        "ddpm", **TINY, distill_teacher=str(_teacher_folder(tmp_path)), lr=1e-3,
-        warmup_steps=0, ema_decay=None, batch_size=32, precision="fp32",
-    )  # fmt: skip
-    images, labels = tiny_dataset.batch(torch.arange(64))
-
-    def distance_to_teacher():  # the distillation loss at fixed noise levels and noise
-        torch.manual_seed(5)
-        with torch.no_grad():
-            return float(student.training_loss(images, labels, step=0)["loss"])
-
-    student.prepare_training(_MNIST, resume=False)
-    before = distance_to_teacher()
-    options = TrainOptions(out=tmp_path / "run", max_steps=40, progress=False, device="cpu")
-    Trainer(student, options, dataset=tiny_dataset, log=lambda line: None).fit()
-    assert distance_to_teacher() < 0.7 * before
-    # sampling takes one U-Net call per step, and refuses a guidance scale
-    calls = []
-    student.unet.register_forward_hook(lambda *args: calls.append(1))
-    student.sample(2, seed=0, steps=4)
-    assert len(calls) == 4
-    with pytest.raises(ConfigError, match="distilled"):
-        student.sample(2, guidance=2.0)
-    # resuming keeps the trained weights instead of starting from the teacher again
-    loaded = load(tmp_path / "run")
-    loaded.prepare_training(_MNIST, resume=True)
-    torch.testing.assert_close(loaded.unet.state_dict(), student.unet.state_dict())
-
-
-def test_distillation_checks_its_teacher(tmp_path):
-    teacher_dir = _teacher_folder(tmp_path)
-    with pytest.raises(ConfigError, match="guide_channels"):
-        create_model("ddpm", **TINY, distill_teacher="x", guide_channels=(4, 8, 8))
-    wide = create_model(
-        "ddpm", **{**TINY, "channels": (8, 16, 32)}, distill_teacher=str(teacher_dir)
-    )
-    with pytest.raises(ConfigError, match="channels"):
-        wide.prepare_training(_MNIST, resume=False)
-    plain = create_model("ddpm", **TINY).save_pretrained(tmp_path / "plain")
-    with pytest.raises(ConfigError, match="no guidance to distil"):
-        create_model("ddpm", **TINY, distill_teacher=str(plain)).prepare_training(_MNIST, False)
-    student = create_model("ddpm", **TINY, distill_teacher=str(teacher_dir))
-    with pytest.raises(ConfigError, match="prepare_training"):
-        student.training_loss(*_images(2), step=0)
-    with pytest.raises(ConfigError, match="guide"):
-        student.with_guide(create_model("ddpm", **TINY), 2.0)
-
-
-def test_cli_trains_and_resumes_a_distillation_run(capsys, tmp_path, idx_root):
-    recipe = tmp_path / "distill.json"
-    teacher = _teacher_folder(tmp_path)
-    recipe.write_text(json.dumps({**TINY, "distill_teacher": str(teacher), "batch_size": 16}))
-    out = tmp_path / "student"
-    base = ["train", "ddpm", "--data-dir", idx_root, "--out", out, "--quiet", "--device", "cpu"]
-    code, _, err = _cli(capsys, *base, "--config", recipe, "--max-steps", "2")
-    assert code == 0, err
-    code, _, err = _cli(capsys, *base, "--resume", "--max-steps", "3")
-    assert code == 0, err
-    assert "Resumed" in err and load(out).config.distill_teacher == str(teacher)
-    code, _, err = _cli(capsys, "sample", "ddpm", "--checkpoint", out, "--guidance", "2")
-    assert code == 2 and "has its guidance distilled into it" in err
-    recipe.write_text(
-        json.dumps({**TINY, "distill_teacher": str(tmp_path / "no"), "batch_size": 16})
-    )
-    bad = ["train", "ddpm", "--data-dir", idx_root, "--out", tmp_path / "bad", "--quiet"]
-    code, _, err = _cli(capsys, *bad, "--config", recipe)
-    assert code != 0 and len(err.strip().splitlines()) == 1 and "distill_teacher" in err, err
-
-
 # ---------------------------------------------------------------- the command line
 @pytest.fixture
 def tiny_cfg_checkpoint(tmp_path):
@@ -552,7 +345,7 @@ def test_cli_samples_with_sampler_steps_guidance_and_gif(capsys, tmp_path, tiny_
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--guidance", "2"], "takes no --guidance"),
+        (["--guidance", "2"], "takes no guidance"),
         (["--sampler", "dpmpp-3m"], "unknown sampler 'dpmpp-3m'"),
         (["--steps", "0"], "--steps"),
         (["--spacing", "karras"], "unknown --spacing 'karras'"),
@@ -590,108 +383,3 @@ def test_cli_temperature_on_a_ddpm_is_a_usage_error(capsys, tmp_path):
     folder = create_model("ddpm", **TINY).save_pretrained(tmp_path / "d")
     code, _, err = _cli(capsys, "sample", "ddpm", "--checkpoint", folder, "--temperature", "1")
     assert code == 2 and "takes no --temperature" in err
-
-
-def _unet_labels(model):
-    """Record the labels of every U-Net call of ``model``."""
-    seen = []
-    model.unet.register_forward_hook(lambda module, args, out: seen.append(args[2].clone()))
-    return seen
-
-
-def test_self_guided_ddpm_clusters_its_data_and_conditions_on_the_clusters(tiny_dataset):
-    with pytest.raises(ConfigError, match="at least 2"):
-        create_model("ddpm", **TINY, clusters=1)
-    with pytest.raises(ConfigError, match="unconditional"):
-        create_model("ddpm-cfg", **TINY, clusters=4)
-    with pytest.raises(ConfigError, match="one kind of guidance"):
-        create_model("ddpm", **TINY, clusters=4, guide_channels=(4, 8, 8))
-
-    model = create_model("ddpm", **TINY, clusters=10, label_dropout=0.0, precision="fp32")
-    for p in model.parameters():  # an untrained U-Net's zero output layer ignores labels
-        p.data.add_(torch.randn_like(p) * 0.05)
-    assert model.self_guided and model.takes_guidance and not model.conditional
-    model.prepare_training(tiny_dataset, resume=False)
-    # the ten bar positions of the synthetic data are its ten clusters
-    class_shares = torch.bincount(tiny_dataset.labels).float() / len(tiny_dataset)
-    assert torch.equal(model.cluster_shares.sort().values, class_shares.sort().values)
-    images, labels = tiny_dataset.batch(torch.arange(40))
-    clusters = model.cluster_of(images)
-    assert len(set(zip(clusters.tolist(), labels.tolist(), strict=True))) == 10
-    # training conditions the U-Net on each image's cluster
-    seen = _unet_labels(model)
-    model.training_loss(images, labels, step=0)
-    assert torch.equal(seen[-1], clusters)
-
-    # sampling draws clusters by their share, from each sample's own noise stream, and
-    # guides toward them (the null cluster is the other half of each guided call)
-    model.cluster_shares.copy_(torch.nn.functional.one_hot(torch.tensor(7), 10).float())
-    first = model.sample(3, seed=1, steps=2)
-    assert {int(label) for batch in seen[1:] for label in batch} == {7, model.null_label}
-    model.cluster_shares.fill_(0.1)
-    seen.clear()
-    model.sample(12, seed=1, steps=2)
-    drawn = seen[0][:12]
-    assert len(set(drawn.tolist())) > 3
-    seen.clear()
-    model.sample(5, seed=1, steps=2)
-    assert torch.equal(seen[0][:5], drawn[:5])  # sample i does not depend on the batch
-    assert not torch.allclose(model.sample(2, seed=0, guidance=3.0), model.sample(2, seed=0))
-    assert first.shape == (3, 1, 28, 28)
-
-
-def test_self_guided_runs_save_their_clusters_and_resume_without_refitting(tmp_path, tiny_dataset):
-    from genmnist.training import Trainer, TrainOptions
-
-    model = create_model("ddpm", **TINY, clusters=4, batch_size=32, ema_decay=0.9)
-    options = TrainOptions(out=tmp_path / "run", max_steps=3, progress=False, device="cpu")
-    Trainer(model, options, dataset=tiny_dataset, log=lambda line: None).fit()
-    trained = load(tmp_path / "run")
-    assert trained.cluster_centers.abs().sum() > 0  # the EMA export keeps the clusters
-    torch.testing.assert_close(trained.cluster_centers, model.cluster_centers)
-    torch.testing.assert_close(trained.cluster_shares.sum(), torch.tensor(1.0))
-    resumed = load(tmp_path / "run")
-    resumed.cluster_centers.zero_()
-    resumed.prepare_training(tiny_dataset, resume=True)  # the checkpoint brings them back
-    assert resumed.cluster_centers.abs().sum() == 0
-
-
-def test_distilling_a_self_guided_teacher_keeps_its_clusters(tmp_path, tiny_dataset):
-    teacher = create_model("ddpm", **TINY, clusters=10, guidance_scale=3.0, precision="fp32")
-    teacher.prepare_training(tiny_dataset, resume=False)
-    for p in teacher.parameters():
-        p.data.add_(torch.randn_like(p) * 0.05)
-    folder = teacher.save_pretrained(tmp_path / "teacher")
-    student = create_model("ddpm", **TINY, clusters=10, distill_teacher=str(folder))
-    assert not student.takes_guidance
-    student.prepare_training(tiny_dataset, resume=False)
-    torch.testing.assert_close(student.cluster_centers, teacher.cluster_centers)
-    images, labels = tiny_dataset.batch(torch.arange(8))
-    clusters = teacher.cluster_of(images)
-    x_t, t = torch.randn(8, 1, 28, 28), torch.full((8,), 30)
-    torch.testing.assert_close(
-        student._teacher_x0(x_t, t, clusters), teacher.denoiser(clusters)(x_t, t)
-    )
-    seen = _unet_labels(student)
-    student.training_loss(images, labels, step=0)
-    assert torch.equal(seen[-1], clusters)  # no label dropout: it learns every cluster
-    with pytest.raises(ConfigError, match="clusters"):
-        create_model("ddpm", **TINY, clusters=4, distill_teacher=str(folder)).prepare_training(
-            tiny_dataset, False
-        )
-
-
-def test_cli_trains_a_self_guided_ddpm_and_samples_it_with_guidance(capsys, tmp_path, idx_root):
-    recipe = tmp_path / "sg.json"
-    recipe.write_text(json.dumps({**TINY, "clusters": 3, "batch_size": 16}))
-    out, grid = tmp_path / "sg", tmp_path / "g.png"
-    base = ["train", "ddpm", "--data-dir", idx_root, "--out", out, "--quiet", "--device", "cpu"]
-    code, _, err = _cli(capsys, *base, "--config", recipe, "--max-steps", "2")
-    assert code == 0, err
-    assert load(out).cluster_centers.abs().sum() > 0
-    code, _, err = _cli(capsys, "sample", "ddpm", "--checkpoint", out, "-n", "4", "--steps", "2",
-                        "--guidance", "2.5", "-o", grid)  # fmt: skip
-    assert code == 0 and grid.is_file(), err
-    recipe.write_text(json.dumps({**TINY, "clusters": 1}))
-    code, _, err = _cli(capsys, *base[:-3], "--out", tmp_path / "bad", "--config", recipe)
-    assert code != 0 and len(err.strip().splitlines()) == 1 and "clusters" in err, err

@@ -21,6 +21,7 @@ _EXPORTS = {
     "ModelConfig": "genmnist.models.base",
     "DDPM": "genmnist.models.ddpm",
     "DDPMConfig": "genmnist.models.ddpm",
+    "Autoguided": "genmnist.models.autoguided",
     "GAN": "genmnist.models.gan",
     "GANConfig": "genmnist.models.gan",
     "VAE": "genmnist.models.vae",

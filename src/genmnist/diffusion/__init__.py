@@ -1,14 +1,15 @@
-"""Diffusion building blocks: noise schedules, objectives and samplers (all plain data or
-plain functions, registered by name)."""
+"""Diffusion building blocks: noise schedules, objectives, samplers and guidance (all
+plain data or plain functions over a denoiser, registered by name where there is a
+choice)."""
 
-from genmnist.diffusion.objectives import OBJECTIVES, Objective
-from genmnist.diffusion.samplers import (
-    SAMPLERS,
-    SPACINGS,
+from genmnist.diffusion.guidance import (
+    Denoiser,
     autoguidance,
     classifier_free_guidance,
-    spaced_timesteps,
+    limited_interval,
 )
+from genmnist.diffusion.objectives import OBJECTIVES, Objective
+from genmnist.diffusion.samplers import SAMPLERS, SPACINGS, sample_images, spaced_timesteps
 from genmnist.diffusion.schedules import SCHEDULES, NoiseSchedule
 
 __all__ = [
@@ -16,9 +17,12 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULES",
     "SPACINGS",
+    "Denoiser",
     "NoiseSchedule",
     "Objective",
     "autoguidance",
     "classifier_free_guidance",
+    "limited_interval",
+    "sample_images",
     "spaced_timesteps",
 ]

@@ -6,7 +6,7 @@ Every sampler is:
 
 * ``denoise(x_t, t) -> x0_hat``: the model's prediction of clean data from ``x_t`` at
   integer steps ``t`` (a ``(b,)`` long tensor). Guidance and objectives are folded into it
-  (see `classifier_free_guidance`), so samplers know nothing about the network.
+  (see `genmnist.diffusion.guidance`), so samplers know nothing about the network.
 * ``x``: the starting noise ``x_T`` (standard normal).
 * ``schedule``: a `NoiseSchedule`.
 * ``timesteps``: the descending steps to visit (`spaced_timesteps`); after the last
@@ -24,11 +24,11 @@ from collections.abc import Callable
 
 import torch
 
+from genmnist.diffusion.guidance import Denoiser
 from genmnist.diffusion.schedules import NoiseSchedule
 from genmnist.errors import ConfigError
 from genmnist.registry import Registry
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None] | None
 
 #: Sampler functions by name (``ddpm``, ``ddim``, ``dpmpp-2m``, ``euler``, ``heun``).
@@ -216,44 +216,16 @@ def sample_heun(denoise, x, schedule, timesteps, noise=None, callback: Callback 
     return _ode_sampler(denoise, x, schedule, timesteps, callback, second_order=True)
 
 
-def classifier_free_guidance(
-    predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    labels: torch.Tensor,
-    null_label: int,
-    scale: float,
-) -> Denoiser:
-    """Wrap a conditional data predictor ``predict(x, t, labels)`` into a denoiser with
-    classifier-free guidance (Ho & Salimans, 2022):
-    ``x0 = x0_uncond + scale * (x0_cond - x0_uncond)``.
+def sample_images(
+    sample_fn, denoise: Denoiser, noise, schedule: NoiseSchedule, timesteps, callback=None
+) -> torch.Tensor:
+    """Draw ``x_T`` from ``noise`` (a `SampleNoise`), run the sampler ``sample_fn`` over
+    ``denoise`` (which works in ``[-1, 1]``) and return images in ``[0, 1]``;
+    ``callback(i, x_t, x0_hat)`` sees ``[0, 1]`` images too."""
 
-    ``scale=1`` is plain conditional sampling (one model call per step), ``scale=0``
-    unconditional; larger values trade diversity for fidelity to the label.
-    """
-    if scale == 1.0:
-        return lambda x, t: predict(x, t, labels)
-    null = torch.full_like(labels, null_label)
+    def report(i: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
+        callback(i, ((x_t + 1) / 2).clamp(0, 1), (x0 + 1) / 2)
 
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        both = predict(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
-        conditional, unconditional = both.chunk(2)
-        return unconditional + scale * (conditional - unconditional)
-
-    return denoise
-
-
-def autoguidance(predict: Denoiser, predict_guide: Denoiser, scale: float) -> Denoiser:
-    """Wrap two data predictors ``predict(x, t)`` into a denoiser with autoguidance
-    (Karras et al., 2024): ``x0 = x0_guide + scale * (x0 - x0_guide)``, where the guide is
-    a weaker version of the same model (smaller, trained for fewer steps).
-
-    ``scale=1`` is the model alone (one model call per step); larger values move samples
-    away from the guide's errors.
-    """
-    if scale == 1.0:
-        return predict
-
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        guide = predict_guide(x, t)
-        return guide + scale * (predict(x, t) - guide)
-
-    return denoise
+    x = noise.randn(1, 28, 28)
+    x0 = sample_fn(denoise, x, schedule, timesteps, noise, report if callback else None)
+    return (x0 + 1) / 2

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from genmnist.errors import CheckpointError, ConfigError, GenmnistError, RegistryError
+from genmnist.models.autoguided import Autoguided, AutoguidedConfig
 from genmnist.models.base import (
     CONFIG_FILE,
     CONFIG_FORMAT,
-    WEIGHTS_FILE,
     GenerativeModel,
     ModelConfig,
     SampleNoise,
@@ -28,6 +28,8 @@ DATASETS = ("mnist", "fashion-mnist")
 
 __all__ = [
     "DATASETS",
+    "Autoguided",
+    "AutoguidedConfig",
     "DDPM",
     "DDPMConfig",
     "GAN",
@@ -165,11 +167,12 @@ def _load_folder(folder: Path) -> GenerativeModel:
     config = record.get("config")
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: 'config' must be an object")
-    config = cls.migrate_config(config, version)
     try:
-        model = create_model(name, **config)
+        config = cls.migrate_config(config, version)
+        model = cls.from_folder(folder, config, name)
     except (ConfigError, RegistryError) as exc:  # RegistryError: e.g. an unknown encoder name
         raise CheckpointError(f"{config_path}: {exc}") from None
-    model.load_weights(folder / WEIGHTS_FILE)
+    except CheckpointError as exc:
+        raise CheckpointError(exc if str(folder) in str(exc) else f"{config_path}: {exc}") from None
     model.eval()
     return model

@@ -247,18 +247,6 @@ class GenerativeModel(nn.Module):
         return self.config.num_classes > 0
 
     @property
-    def takes_guidance(self) -> bool:
-        """True if sampling has a guidance scale (``guidance`` option); by default, when
-        the model is conditional."""
-        return self.conditional
-
-    @property
-    def no_guidance_reason(self) -> str:
-        """Why sampling takes no guidance scale, worded to follow the model's name in an
-        error message (meaningful when `takes_guidance` is false)."""
-        return "is unconditional"
-
-    @property
     def device(self) -> torch.device:
         """Device of the model's first parameter (CPU for a model without any)."""
         for p in self.parameters():
@@ -437,6 +425,23 @@ class GenerativeModel(nn.Module):
         return data
 
     @classmethod
+    def migrate_weights(cls, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename the tensors of a weights file saved by an older version of the class to
+        the names its state dict has now (the companion of `migrate_config`)."""
+        return tensors
+
+    @classmethod
+    def from_folder(cls: type[M], folder: Path, config: dict[str, Any], name: str) -> M:
+        """Build the model registered as ``name`` from its (migrated) ``config`` and load
+        the weights in ``folder``; called by `genmnist.load`. A composite model (one made
+        of other models saved in sub-folders) overrides it."""
+        from genmnist.models import create_model
+
+        model = create_model(name, **config)
+        model.load_weights(folder / WEIGHTS_FILE)
+        return model
+
+    @classmethod
     def from_pretrained(
         cls: type[M], name_or_path: str | os.PathLike[str], dataset: str = "mnist"
     ) -> M:
@@ -459,6 +464,7 @@ class GenerativeModel(nn.Module):
     def load_weights(self, path: str | os.PathLike[str]) -> None:
         """Load a ``model.safetensors`` file into this model, checking names and shapes."""
         tensors, _ = load_tensors(path)
+        tensors = self.migrate_weights(tensors)
         own = self.state_dict()
         missing = sorted(set(own) - set(tensors))
         unexpected = sorted(set(tensors) - set(own))

@@ -1,35 +1,39 @@
-"""Denoising diffusion: DDPM training with fast samplers, classifier-free guidance,
-autoguidance and guidance distillation.
+"""Denoising diffusion: a U-Net denoiser trained on noised images, sampled by any
+registered sampler, guided by wrappers composed around its denoiser.
 
-Registered as ``ddpm`` (unconditional; guided toward clusters of the training images it
-found itself, or by a shorter-trained copy of its U-Net, or distilled from such a guided
-teacher, as the shipped weights are) and
-``ddpm-cfg`` (class-conditional with classifier-free guidance). Every
+Registered as ``ddpm`` (unconditional, or conditioned on clusters of its training images
+that it finds itself: `DDPMConfig.clusters`) and ``ddpm-cfg`` (class-conditional). Every
 part is named in `DDPMConfig` and looked up in a registry: the noise schedule
 (`SCHEDULES`), what the U-Net predicts (`OBJECTIVES`), the loss weighting
-(`DIFFUSION_WEIGHTINGS`) and the default sampler (`SAMPLERS`). Images are scaled to
-``[-1, 1]`` inside.
+(`DIFFUSION_WEIGHTINGS`) and the default sampler (`SAMPLERS`). What the U-Net is
+conditioned on is a `genmnist.conditioning` component; classifier-free guidance and its
+noise interval are `genmnist.diffusion.guidance` wrappers. Autoguidance by a second model
+is `genmnist.models.autoguided`; guidance distillation is a training task
+(`genmnist.distillation`). Images are scaled to ``[-1, 1]`` inside.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from genmnist.conditioning import conditioning_for, drop_labels
 from genmnist.diffusion import (
     OBJECTIVES,
     SAMPLERS,
     SCHEDULES,
     SPACINGS,
-    autoguidance,
+    Denoiser,
     classifier_free_guidance,
+    limited_interval,
+    sample_images,
     spaced_timesteps,
 )
+from genmnist.diffusion.guidance import check_interval, check_scale
 from genmnist.errors import CheckpointError, ConfigError
 from genmnist.losses import DIFFUSION_WEIGHTINGS, diffusion_mse
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
@@ -39,12 +43,9 @@ from genmnist.registry import MODELS
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
 
-#: Config fields a guide network must share with the model it guides.
-_SHARED_WITH_GUIDE = ("schedule", "timesteps", "objective", "blocks_per_level", "attention_levels")
-
-
-def _as_tuple(value):
-    return tuple(value) if isinstance(value, list) else value
+#: Config fields two DDPMs must share for one's denoiser to stand in for the other's
+#: (a guide and its model, a teacher and its student): the same noise levels and output.
+SAME_DENOISING = ("schedule", "timesteps", "objective")
 
 
 @dataclass
@@ -61,32 +62,21 @@ class DDPMConfig(ModelConfig):
         blocks_per_level: Residual blocks per U-Net level.
         attention_levels: U-Net levels with self-attention.
         dropout: Dropout in residual blocks.
-        label_dropout: Share of training labels replaced by the null class, which teaches
-            the unconditional model that classifier-free guidance needs.
+        label_dropout: Share of training labels replaced by the null label, which teaches
+            the unconditional prediction that classifier-free guidance needs. A model
+            trained without it (0, as a guidance-distilled student is) takes no guidance.
+        clusters: Condition an unconditional model on this many clusters of its training
+            images, found by k-means before training (self-guidance, Hu et al., 2023);
+            sampling draws each image's cluster by its share, so users still sample
+            without labels. 0: off.
         sampler: Default sampler name.
         sampling_steps: Default number of sampling steps.
         spacing: How the sampling steps are spread over ``t`` (``uniform``, ``trailing``
             or ``log-snr``, see `spaced_timesteps`).
-        guidance_scale: Default guidance scale: classifier-free guidance for conditional
-            and self-guided models, autoguidance for unconditional models with a guide
-            network.
-        clusters: Self-guidance (Hu et al., 2023) for an unconditional model: before
-            training, k-means splits the training images into this many clusters, without
-            their labels; the U-Net learns to condition on the cluster (with label dropout,
-            as for classifier-free guidance). Sampling draws each image's cluster by its
-            share of the training set and guides toward it, so users still sample without
-            labels. 0: off.
-        guide_channels: Channels of the guide U-Net used for autoguidance (Karras et al.,
-            2024): a smaller, shorter-trained DDPM with the same schedule, objective, blocks
-            and attention, attached after training with `DDPM.with_guide`. Empty: no guide.
-        distill_teacher: Guidance distillation (Meng et al., 2023): a model folder or
-            shipped model name whose *guided* denoiser this model learns to reproduce in one
-            U-Net call, halving the cost of sampling. Training loads the teacher, starts
-            from its U-Net weights and regresses onto its guided estimates at random noise
-            levels of real images. The distilled model has its guidance built in, so it
-            takes no guidance scale. Empty: an ordinary model, trained on data.
-        distill_guidance: The teacher's guidance scale to distil (None: the teacher's
-            default ``guidance_scale``).
+        guidance_scale: Default classifier-free guidance scale (models with labels or
+            clusters); 1 turns guidance off.
+        guidance_interval: Default log-SNR interval ``[low, high]`` outside which guidance
+            is off (see `limited_interval`); None: guide at every step.
         epochs: Default number of training epochs.
     """
 
@@ -100,14 +90,12 @@ class DDPMConfig(ModelConfig):
     attention_levels: tuple[int, ...] = (2,)
     dropout: float = 0.0
     label_dropout: float = 0.1
+    clusters: int = 0
     sampler: str = "dpmpp-2m"
     sampling_steps: int = 20
     spacing: str = "uniform"
     guidance_scale: float = 2.0
-    guide_channels: tuple[int, ...] = ()
-    clusters: int = 0
-    distill_teacher: str = ""
-    distill_guidance: float | None = None
+    guidance_interval: tuple[float, float] | None = None
     epochs: int = 10
     lr: float = 2e-3
     lr_schedule: str = "cosine"
@@ -117,18 +105,17 @@ class DDPMConfig(ModelConfig):
 
 
 class DDPM(GenerativeModel):
-    """Denoising diffusion probabilistic model (Ho et al., 2020) with a U-Net denoiser,
-    any registered schedule, objective and sampler, and classifier-free guidance
-    (Ho & Salimans, 2022) when ``num_classes > 0``, or autoguidance by a guide network
-    (Karras et al., 2024) when unconditional and ``guide_channels`` is set. With
-    ``distill_teacher`` set it learns a guided teacher's denoiser instead of the data's, and
-    samples at the teacher's quality with one U-Net call per step."""
+    """Denoising diffusion probabilistic model (Ho et al., 2020) with a U-Net denoiser, any
+    registered schedule, objective and sampler, conditioned on class labels or its own
+    clusters (or nothing), with classifier-free guidance (Ho & Salimans, 2022), limited to
+    a noise interval if asked, when it was trained with label dropout."""
 
     config_class = DDPMConfig
+    config_version = 2
     default_name = "ddpm"
     bf16_helps = True
     sampling_precision = "bf16"
-    sampling_options = ("sampler", "steps", "spacing", "guidance", "callback")
+    sampling_options = ("sampler", "steps", "spacing", "guidance", "guidance_interval", "callback")
     config: DDPMConfig
 
     def __init__(self, config: DDPMConfig | None = None, **overrides) -> None:
@@ -144,273 +131,149 @@ class DDPM(GenerativeModel):
             )
         if not 0.0 <= cfg.label_dropout < 1.0:
             raise ConfigError("label_dropout must be in [0, 1)")
-        if cfg.distill_teacher and cfg.guide_channels:
-            raise ConfigError(
-                "a distilled model (distill_teacher) has its guidance built in: it takes no "
-                "guide network (guide_channels)"
-            )
-        if cfg.clusters < 0 or cfg.clusters == 1:
-            raise ConfigError(f"clusters must be 0 (off) or at least 2, got {cfg.clusters}")
-        if cfg.clusters and cfg.num_classes:
-            raise ConfigError(
-                "clusters (self-guidance) is for unconditional models; conditional ones are "
-                "guided by their labels"
-            )
-        if cfg.clusters and cfg.guide_channels:
-            raise ConfigError(
-                "choose one kind of guidance: clusters (self-guidance) or guide_channels "
-                "(autoguidance)"
-            )
-        if cfg.distill_guidance is not None and not math.isfinite(cfg.distill_guidance):
-            raise ConfigError(
-                f"distill_guidance must be a finite number, got {cfg.distill_guidance}"
-            )
+        check_scale(cfg.guidance_scale)
+        if cfg.guidance_interval is not None:
+            check_interval(cfg.guidance_interval)
+        self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters)
         self.unet = UNet(
             channels=tuple(cfg.channels),
             blocks_per_level=cfg.blocks_per_level,
             attention_levels=tuple(cfg.attention_levels),
-            num_classes=cfg.num_classes or cfg.clusters,
+            num_classes=self.conditioning.num_labels,
             dropout=cfg.dropout,
         )
-        if cfg.clusters:
-            # Found by `prepare_training`; buffers, so they are saved with the weights. Until
-            # then every cluster is equally likely, so an untrained model still samples.
-            self.register_buffer("cluster_centers", torch.zeros(cfg.clusters, 28 * 28))
-            self.register_buffer("cluster_shares", torch.full((cfg.clusters,), 1 / cfg.clusters))
-        self.guide: UNet | None = None
-        if cfg.guide_channels:
-            if self.conditional:
-                raise ConfigError(
-                    "guide_channels is for unconditional models; conditional ones use "
-                    "classifier-free guidance"
-                )
-            self.guide = UNet(
-                channels=tuple(cfg.guide_channels),
-                blocks_per_level=cfg.blocks_per_level,
-                attention_levels=tuple(cfg.attention_levels),
+
+    @classmethod
+    def migrate_config(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 kept guidance distillation (``distill_teacher``, ``distill_guidance``)
+        and an autoguidance guide (``guide_channels``) in the model's config. A distilled
+        model is now an ordinary model trained without label dropout (its guidance is
+        built in), and a guide is a model of its own (`genmnist.models.autoguided`)."""
+        if version >= 2:
+            return data
+        data = dict(data)
+        if data.pop("guide_channels", None):
+            raise CheckpointError(
+                "this DDPM was saved with an autoguidance guide inside it by an older "
+                "genmnist; save the model and its guide as two folders and combine them "
+                "with genmnist.models.Autoguided"
             )
-        # The teacher of a distillation run: set by `prepare_training`. Deliberately not
-        # a submodule, so that it stays out of the state dict, the optimizer and the saved
-        # weights.
-        object.__setattr__(self, "_teacher", None)
+        if data.pop("distill_teacher", ""):
+            data["label_dropout"] = 0.0
+        data.pop("distill_guidance", None)
+        return data
 
+    @classmethod
+    def migrate_weights(cls, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Version 1 kept a self-guided model's clusters as top-level buffers."""
+        renamed = {
+            "cluster_centers": "conditioning.centers",
+            "cluster_shares": "conditioning.shares",
+        }
+        return {renamed.get(key, key): value for key, value in tensors.items()}
+
+    # ----------------------------------------------------------------- denoising
     @property
-    def distilled(self) -> bool:
-        """Whether this model learned a guided teacher's denoiser (``distill_teacher``)."""
-        return bool(self.config.distill_teacher)
-
-    @property
-    def self_guided(self) -> bool:
-        """Whether the U-Net conditions on clusters the model found itself (``clusters``)."""
-        return self.config.clusters > 0
-
-    @property
-    def takes_guidance(self) -> bool:
-        """Conditional or self-guided (classifier-free guidance) or with a guide network
-        (autoguidance), and not distilled (a distilled model has its guidance built in)."""
-        return not self.distilled and (
-            self.conditional or self.self_guided or self.guide is not None
-        )
-
-    @property
-    def no_guidance_reason(self) -> str:
-        if self.distilled:
-            return "has its guidance distilled into it"
-        return "is unconditional, with neither clusters nor a guide network"
-
-    @property
-    def null_label(self) -> int:
-        """The class (or cluster) index the U-Net learns as "no label" (for guidance)."""
-        return self.config.num_classes or self.config.clusters
-
-    def cluster_of(self, images: torch.Tensor) -> torch.Tensor:
-        """The cluster of each image ``(b, 1, 28, 28)`` in ``[0, 1]`` (self-guided models):
-        the nearest of ``cluster_centers``."""
-        from genmnist.clustering import nearest_center
-
-        with torch.autocast(images.device.type, enabled=False):
-            return nearest_center(images.flatten(1), self.cluster_centers)
-
-    def _draw_clusters(self, noise: SampleNoise) -> torch.Tensor:
-        """One cluster per sample, drawn by its share of the training set from the sample's
-        own noise stream."""
-        cumulative = self.cluster_shares.float().cumsum(0).to(noise.device)
-        uniform = noise.rand(1).squeeze(1) * cumulative[-1]
-        return torch.searchsorted(cumulative, uniform, right=True).clamp_(max=len(cumulative) - 1)
-
-    def _fit_clusters(self, data: InMemoryDataset) -> None:
-        from genmnist.clustering import kmeans
-
-        # the pixels as training batches see them, so `cluster_of` agrees with the fit
-        images, _ = data.batch(torch.arange(len(data)))
-        centers, assignment = kmeans(images.flatten(1), self.config.clusters)
-        shares = torch.bincount(assignment, minlength=self.config.clusters).float()
-        self.cluster_centers.copy_(centers)
-        self.cluster_shares.copy_(shares / shares.sum())
+    def guidance_problem(self) -> str | None:
+        """Why this model takes no guidance scale (None when it does), worded to follow
+        its name: guidance needs labels (classes or clusters) and an unconditional
+        prediction learned through label dropout."""
+        if self.conditioning.num_labels == 0:
+            return "is unconditional, with neither classes nor clusters to guide toward"
+        if self.config.label_dropout == 0:
+            return (
+                "was trained without label dropout (as a guidance-distilled model is), so it "
+                "has no unconditional prediction to guide against"
+            )
+        return None
 
     def _alpha_sigma(self, t: torch.Tensor, like: torch.Tensor):
         alpha = self.schedule.alpha(t.cpu()).to(like.device, torch.float32)
         sigma = self.schedule.sigma(t.cpu()).to(like.device, torch.float32)
         return alpha[:, None, None, None], sigma[:, None, None, None]
 
-    def _x0_of(
-        self, network: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        alpha, sigma = self._alpha_sigma(t, x)
-        return self.objective.to_x0(network(x, t, labels).float(), x, alpha, sigma)
-
     def predict_x0(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The U-Net's estimate of clean data (in ``[-1, 1]``, clipped) from ``x_t``."""
-        return self._x0_of(self.unet, x, t, labels).clamp(-1, 1)
+        return self.raw_x0(x, t, labels).clamp(-1, 1)
 
-    def with_guide(self, guide: DDPM, scale: float) -> DDPM:
-        """This unconditional model with ``guide`` attached for autoguidance.
+    def raw_x0(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The U-Net's estimate of clean data from ``x_t``, unclipped (for guidance methods
+        that extrapolate between two models before clipping)."""
+        alpha, sigma = self._alpha_sigma(t, x)
+        return self.objective.to_x0(self.unet(x, t, labels).float(), x, alpha, sigma)
 
-        Autoguidance (Karras et al., 2024) extrapolates from a worse version of the same
-        model, ``x0 = guide + scale * (model - guide)``: where the two disagree, the weaker
-        one is usually wrong, so moving away from it sharpens samples without the loss of
-        diversity that a high classifier-free guidance scale brings. A good guide is the
-        same kind of U-Net, smaller and trained for a fraction of the steps.
+    def denoiser(
+        self,
+        labels: torch.Tensor | None = None,
+        guidance: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+    ) -> Denoiser:
+        """The clean-image estimator ``x0 = denoise(x_t, t)`` that samplers call, for the
+        network's ``labels`` (classes or clusters), with classifier-free guidance at scale
+        ``guidance`` limited to ``guidance_interval`` (defaults: the config's) when the
+        model takes guidance.
 
-        Args:
-            guide: A trained unconditional DDPM with the same schedule, timesteps,
-                objective, blocks per level and attention levels.
-            scale: Default guidance scale (1 turns guidance off).
-
-        Returns:
-            A new model (the weights are copied) whose config records the guide.
+        Raises:
+            ConfigError: guidance is asked of a model that takes none, or its values are
+                not usable.
         """
-        if self.conditional or guide.conditional:
-            raise ConfigError("autoguidance needs an unconditional model and guide")
-        if self.distilled:
-            raise ConfigError("a distilled model has its guidance built in: it takes no guide")
-        self._check_matches(guide, "the guide", _SHARED_WITH_GUIDE)
-        config = self.config.replace(
-            guide_channels=tuple(guide.config.channels), guidance_scale=scale
+        problem = self.guidance_problem
+        if problem is not None:
+            if guidance is not None or guidance_interval is not None:
+                raise ConfigError(f"model '{self.name}' {problem}: it takes no guidance")
+            return partial(self.predict_x0, labels=labels)
+        scale = self.config.guidance_scale if guidance is None else guidance
+        guided = classifier_free_guidance(
+            self.predict_x0, labels, self.conditioning.null_label, scale
         )
-        guided = DDPM(config).to(self.device)
-        guided.name = self.name
-        guided.unet.load_state_dict(self.unet.state_dict())
-        guided.guide.load_state_dict(guide.unet.state_dict())
-        return guided
+        interval = guidance_interval or self.config.guidance_interval
+        if interval is None or scale == 1.0:
+            return guided
+        plain = partial(self.predict_x0, labels=labels)
+        return limited_interval(guided, plain, self.schedule, interval)
 
-    def _check_matches(self, other: DDPM, who: str, fields: tuple[str, ...]) -> None:
-        """Raise `ConfigError` naming the first config field in which ``other`` differs."""
-        for field in fields:
-            theirs, mine = getattr(other.config, field), getattr(self.config, field)
-            if _as_tuple(theirs) != _as_tuple(mine):  # a config built by hand may hold lists
-                raise ConfigError(
-                    f"{who}: its {field} ({theirs!r}) differs from the model's ({mine!r})"
-                )
-
+    # ----------------------------------------------------------------- training
     def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
-        """For a new self-guided run, cluster the training images (``clusters``). For a
-        distillation run, load the teacher (``distill_teacher``, for ``data``'s dataset when
-        it names shipped weights) and, for a new run, start from its U-Net weights (and
-        clusters)."""
-        if not self.distilled:
-            if self.self_guided and not resume:
-                self._fit_clusters(data)
-            return
-        from genmnist.models import load
-
-        source = self.config.distill_teacher
-        try:
-            teacher = load(source, dataset=data.name)
-        except CheckpointError as exc:
-            raise CheckpointError(f"distill_teacher: {exc}") from None
-        if not isinstance(teacher, DDPM):
-            raise ConfigError(
-                f"distill_teacher '{source}' is a {type(teacher).__name__}, not a DDPM"
-            )
-        # the student starts from the teacher's U-Net, so it needs the same one
-        fields = (*_SHARED_WITH_GUIDE, "num_classes", "clusters", "channels")
-        self._check_matches(teacher, f"distill_teacher '{source}'", fields)
-        if not teacher.takes_guidance:
-            raise ConfigError(
-                f"distill_teacher '{source}' has no guidance to distil (it is unconditional "
-                "without a guide network, or distilled already)"
-            )
-        teacher.eval().requires_grad_(False).to(self.device)
-        object.__setattr__(self, "_teacher", teacher)
+        """Fit the conditioning (clusters) on the training split for a new run."""
         if not resume:
-            self.unet.load_state_dict(teacher.unet.state_dict())
-            if self.self_guided:
-                self.cluster_centers.copy_(teacher.cluster_centers)
-                self.cluster_shares.copy_(teacher.cluster_shares)
+            self.conditioning.prepare(data)
+
+    def add_noise(self, x0: torch.Tensor):
+        """Noise clean images ``x0`` (in ``[-1, 1]``) to random steps: returns ``(x_t, t,
+        eps)``."""
+        t = torch.randint(0, self.schedule.timesteps, (x0.shape[0],), device=x0.device)
+        eps = torch.randn_like(x0)
+        alpha, sigma = self._alpha_sigma(t, x0)
+        return alpha * x0 + sigma * eps, t, eps
+
+    def denoising_loss(self, x_t, t, labels, x0, eps=None) -> torch.Tensor:
+        """The weighted regression of the U-Net's output at ``(x_t, t, labels)`` onto the
+        objective's target for clean images ``x0`` and noise ``eps`` (default: the noise
+        that ``x0`` implies in ``x_t``, for targets that are not the data's)."""
+        alpha, sigma = self._alpha_sigma(t, x_t)
+        if eps is None:
+            eps = (x_t - alpha * x0) / sigma
+        target = self.objective.target(x0, eps, alpha, sigma)
+        weights = self.weighting(
+            self.schedule.log_snr(t.cpu()).to(x_t.device), self.objective.name,
+            self.config.min_snr_gamma,
+        )  # fmt: skip
+        return diffusion_mse(self.unet(x_t, t, labels), target, weights)
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
     ) -> dict[str, torch.Tensor]:
-        if self.guide is not None:
-            raise ConfigError(
-                "a DDPM with a guide network only samples: train it without guide_channels, "
-                "then attach the guide with DDPM.with_guide"
-            )
         x0 = images * 2 - 1
-        b = x0.shape[0]
-        t = torch.randint(0, self.schedule.timesteps, (b,), device=x0.device)
-        eps = torch.randn_like(x0)
-        alpha, sigma = self._alpha_sigma(t, x0)
-        x_t = alpha * x0 + sigma * eps
-        cond = None
-        if self.conditional or self.self_guided:
-            cond = self.cluster_of(images) if self.self_guided else labels
-            if not self.distilled:  # a student learns the guided estimate of every label
-                drop = torch.rand(b, device=x0.device) < self.config.label_dropout
-                cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
-        if self.distilled:
-            # The teacher's guided estimate of x0 replaces the data's, and implies its own
-            # noise: the student learns it with the usual objective and weighting.
-            x0 = self._teacher_x0(x_t, t, cond)
-            eps = (x_t - alpha * x0) / sigma
-        output = self.unet(x_t, t, cond)
-        target = self.objective.target(x0, eps, alpha, sigma)
-        weights = self.weighting(
-            self.schedule.log_snr(t.cpu()).to(x0.device), self.objective.name,
-            self.config.min_snr_gamma,
-        )  # fmt: skip
-        return {"loss": diffusion_mse(output, target, weights)}
+        x_t, t, eps = self.add_noise(x0)
+        cond = self.conditioning.training_labels(images, labels)
+        cond = drop_labels(cond, self.conditioning.null_label, self.config.label_dropout)
+        return {"loss": self.denoising_loss(x_t, t, cond, x0, eps)}
 
-    def _teacher_x0(
-        self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None
-    ) -> torch.Tensor:
-        teacher = self._teacher
-        if teacher is None:
-            raise ConfigError(
-                "distillation needs its teacher: call prepare_training(data, resume) "
-                "before training_loss (the trainer does)"
-            )
-        with torch.no_grad():
-            return teacher.denoiser(labels, self.config.distill_guidance)(x_t, t).float()
-
-    def denoiser(
-        self, labels: torch.Tensor | None = None, guidance: float | None = None
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The clean-image estimator ``x0 = denoise(x_t, t)`` that samplers call, with
-        classifier-free guidance (conditional models; self-guided ones, whose ``labels``
-        are clusters) or autoguidance (models with a guide network) at scale ``guidance``
-        (default: the config's ``guidance_scale``).
-
-        Raises:
-            ConfigError: ``guidance`` is given for a model that takes none.
-        """
-        if guidance is not None and not self.takes_guidance:
-            raise ConfigError(
-                f"model '{self.name}' {self.no_guidance_reason}: guidance does not apply"
-            )
-        scale = self.config.guidance_scale if guidance is None else guidance
-        if not self.takes_guidance:
-            return partial(self.predict_x0, labels=labels)
-        if self.conditional or self.self_guided:
-            return classifier_free_guidance(self.predict_x0, labels, self.null_label, scale)
-        guided = autoguidance(
-            partial(self._x0_of, self.unet), partial(self._x0_of, self.guide), scale
-        )
-        return lambda x, t: guided(x, t).clamp(-1, 1)
-
+    # ----------------------------------------------------------------- sampling
     def generate(
         self,
         noise: SampleNoise,
@@ -419,6 +282,7 @@ class DDPM(GenerativeModel):
         steps: int | None = None,
         spacing: str | None = None,
         guidance: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Sample one batch.
@@ -429,8 +293,9 @@ class DDPM(GenerativeModel):
             sampler: Sampler name (default: the config's).
             steps: Number of sampling steps (default: the config's).
             spacing: Step spacing (default: the config's).
-            guidance: Guidance scale: classifier-free (conditional models) or autoguidance
-                (models with a guide network); 1 turns it off.
+            guidance: Classifier-free guidance scale (models that take guidance); 1 turns
+                it off.
+            guidance_interval: Log-SNR interval ``(low, high)`` where guidance applies.
             callback: ``callback(i, x_t, x0_hat)`` after each step, images in ``[0, 1]``.
         """
         cfg = self.config
@@ -441,24 +306,30 @@ class DDPM(GenerativeModel):
             spacing or cfg.spacing,
             self.schedule,
         )
-        if self.self_guided:
-            labels = self._draw_clusters(noise)
-        denoise = self.denoiser(labels, guidance)
+        labels = self.conditioning.sampling_labels(noise, labels)
+        denoise = self.denoiser(labels, guidance, guidance_interval)
+        return sample_images(sample_fn, denoise, noise, self.schedule, timesteps, callback)
 
-        def report(i: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
-            callback(i, ((x_t + 1) / 2).clamp(0, 1), (x0 + 1) / 2)
 
-        x = noise.randn(1, 28, 28)
-        x0 = sample_fn(denoise, x, self.schedule, timesteps, noise, report if callback else None)
-        return (x0 + 1) / 2
+def mismatched_field(model: DDPM, other: DDPM, fields: tuple[str, ...]) -> str | None:
+    """The first config field in ``fields`` where two DDPMs differ, worded for an error
+    message, or None."""
+    for field in fields:
+        theirs, mine = getattr(other.config, field), getattr(model.config, field)
+        if _as_tuple(theirs) != _as_tuple(mine):  # a config built by hand may hold lists
+            return f"its {field} ({theirs!r}) differs from the model's ({mine!r})"
+    return None
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 MODELS.register(
     "ddpm",
     DDPM,
     description="Unconditional DDPM: U-Net, cosine schedule, v-objective, DPM-Solver++ "
-    "sampling; self-guided toward k-means clusters of its training images or autoguided "
-    "by a guide network, or distilled from such a guided teacher",
+    "sampling; may condition on k-means clusters of its training images",
 )
 MODELS.register(
     "ddpm-cfg",
