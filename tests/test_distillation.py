@@ -68,11 +68,11 @@ def test_the_student_starts_from_the_teacher_and_learns_its_guided_estimate(tmp_
     def loss(guidance):
         task.guidance = guidance
         torch.manual_seed(0)
-        return float(task.loss(student, *_images(), step=0, phase="model")["loss"])
+        return float(task.loss(student, *_images(), step=0, phase="model")["loss"].detach())
 
-    # at scale 1 the teacher is its model alone, which the student starts as: nothing to
-    # learn; at the teacher's scale, the guidance is what the student has to learn
-    assert loss(1.0) < 1e-10 and loss(3.0) > 1e-4
+    # at scale 1 the teacher is its model alone, which the student starts as (up to the
+    # clipping of the target); at the teacher's scale, guidance is what there is to learn
+    assert loss(3.0) > 5 * loss(1.0)
     assert loss(None) == loss(3.0)  # None: the teacher's default scale
 
 
@@ -100,7 +100,7 @@ def test_distillation_training_moves_the_student_to_the_guided_teacher(tmp_path,
     trained.unet.register_forward_hook(lambda *args: calls.append(1))
     trained.sample(2, seed=0, steps=4)
     assert len(calls) == 4
-    with pytest.raises(ConfigError, match="label dropout"):
+    with pytest.raises(ConfigError, match="takes no guidance"):
         trained.sample(2, guidance=2.0)
 
 

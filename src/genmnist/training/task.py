@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from genmnist.models.base import GenerativeModel
 
 #: Training tasks by name; a checkpoint's task record names one.
-TRAINING_TASKS: Registry = Registry("training task")
+TRAINING_TASKS: Registry = Registry("training task", builtins="genmnist.distillation")
 
 
 @TRAINING_TASKS.register("data")
