@@ -165,3 +165,59 @@ def make_mnist_folder():
     """``make_mnist_folder(root, n_train=64, n_test=32)``: write the four IDX files under
     ``root/MNIST/raw`` and return ``{file name: tensor written}``."""
     return write_mnist_folder
+
+
+# ------------------------------------------------------------------------------ the CLI
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """``run_cli(*args)``: run ``genmnist ARGS`` in-process and return ``(exit code, stdout,
+    stderr)``; rich tables get 200 columns (no wrapped cells) and tracebacks stay off."""
+    from genmnist.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("GENMNIST_DEBUG", raising=False)
+
+    def run(*args) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return info.value.code, out, err
+
+    return run
+
+
+def _assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+
+
+@pytest.fixture
+def assert_one_line_error():
+    """``assert_one_line_error(stderr, *fragments)``: stderr is one ``error: ...`` line, with
+    no traceback, holding every fragment."""
+    return _assert_one_line_error
+
+
+@pytest.fixture
+def run_python():
+    """``run_python(*args, code=None, env=None)``: run ``python [-c CODE] ARGS`` in a
+    subprocess (one thread, unless ``env`` says otherwise); returns the completed process."""
+    import subprocess
+    import sys
+
+    def run(*args: str, code: str | None = None, env=None, timeout: float = 120):
+        command = [sys.executable, *(["-c", code] if code is not None else []), *args]
+        return subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env if env is not None else {**os.environ, "OMP_NUM_THREADS": "1"},
+            stdin=subprocess.DEVNULL,
+        )
+
+    return run
