@@ -22,10 +22,29 @@ TINY = {
 }
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (subprocesses, real training); "
+        "`pytest --run-slow -m slow` runs only those",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "real_data: reads real MNIST from $GENMNIST_DATA (skipped when unset)"
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Plain `pytest` is the quick tier a change is checked with; .ci/run adds the slow one.
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (.ci/run does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def synthetic_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

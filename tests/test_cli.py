@@ -179,6 +179,55 @@ def test_sample_pt_nrow_and_the_run_folder(tmp_path, trained_folder, run_cli):
     assert Image.open(png).size == (2 * 30 + 2, 3 * 30 + 2)
 
 
+def test_a_folder_in_place_of_a_name(tmp_path, monkeypatch, trained_folder, run_cli):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("sample", trained_folder, "-n", "3", "--seed", "4", "-f", "npy")
+    assert code == 0, err
+    assert "Saved 3 samples of vae-mlp (seed 4) to vae-mlp-samples.npy" in out
+    expected = load(trained_folder).sample(3, seed=4).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "vae-mlp-samples.npy"), expected, atol=1e-6)
+    code, out, err = run_cli("info", trained_folder)
+    assert code == 0, err
+    assert out.startswith("vae-mlp - ") and f"folder: {trained_folder}" in out
+    assert "config of" in out and "hidden_dims" in out
+
+
+def test_resolve_model_names_folders_and_the_run_dataset(tmp_path, trained_folder, capsys):
+    from genmnist.cli.common import UsageProblem, resolve_model
+
+    run = tmp_path / "run"  # the training run behind trained_folder, on (synthetic) mnist
+    resolved = resolve_model("vae-mlp", run, "mnist")
+    assert resolved.model.name == "vae-mlp" and resolved.folder == run
+    assert resolved.source == str(run) and capsys.readouterr().err == ""
+    model, folder, _ = resolve_model(str(run), None, "fashion-mnist")
+    assert folder == run and "trained on mnist, not fashion-mnist" in capsys.readouterr().err
+    shipped = resolve_model("vae-mlp", None, "mnist")
+    assert shipped.folder is None and shipped.source == "shipped weights (mnist)"
+    fresh = resolve_model("vae-mlp", None, "mnist", weights=False)
+    assert fresh.folder is None and fresh.source == "registered defaults"
+    with pytest.raises(UsageProblem, match="holds a 'vae-mlp' model, not 'cvae'"):
+        resolve_model("cvae", run, "mnist")
+    with pytest.raises(UsageProblem, match="did you mean 'vae-mlp'"):
+        resolve_model("vae-mpl", run, "mnist")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--label", "3"], "model 'vae-mlp' is unconditional: it takes no labels"),
+        (["--temperature", "-1"], "--temperature must be a positive number"),
+        (["--sampler", "ddim"], "'vae-mlp' takes no --sampler"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_sampling_arguments_the_model_refuses_are_usage_errors(
+    trained_folder, run_cli, assert_one_line_error, args, fragment
+):
+    code, _, err = run_cli("sample", "vae-mlp", "--checkpoint", trained_folder, "-n", "2", *args)
+    assert code == 2
+    assert_one_line_error(err, fragment)
+
+
 def test_sample_with_checkpoint_of_another_model(trained_folder, run_cli, assert_one_line_error):
     code, _, err = run_cli("sample", "cvae", "--checkpoint", trained_folder, "-n", "2")
     assert code == 2

@@ -153,7 +153,13 @@ def test_plugin_model_contract(plugin_model):
 
     samples = model.sample(4, seed=3)
     assert samples.shape == (4, 1, 28, 28)
-    assert samples.min() >= 0 and samples.max() <= 1
+    # sample() clamps to [0, 1], which would hide a generate() that leaves the range
+    from genmnist.models import SampleNoise
+
+    with torch.no_grad():
+        generated = model.generate(SampleNoise(SampleNoise.sample_seeds(4, seed=3)), None)
+    assert generated.min() >= 0 and generated.max() <= 1
+    assert torch.equal(samples, generated)
     assert torch.equal(samples[:2], model.sample(2, seed=3))  # per-sample noise
 
 
