@@ -36,6 +36,7 @@ def test_help_does_not_import_torch(run_python):
     assert "--max-steps" in result.stdout and "--checkpoint" in result.stdout
 
 
+@pytest.mark.slow
 def test_python_m_genmnist_end_to_end_error_and_list(assert_one_line_error, run_python):
     result = run_python("-m", "genmnist", "sample", "vae-mlp", "-n", "0")
     assert result.returncode == 2

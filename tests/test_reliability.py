@@ -129,6 +129,7 @@ def assert_run_is_whole(run: Path, at_least: int) -> int:
     return step
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_run(
     tmp_path, make_mnist_folder, run_cli, assert_one_line_error
 ):
@@ -388,6 +389,7 @@ def test_using_a_hostile_plugin_is_a_one_line_error(
     assert_one_line_error(err, *fragments)
 
 
+@pytest.mark.slow
 def test_installed_hostile_plugin_end_to_end(tmp_path):
     """A real installed distribution (a dist-info folder on the path): its warnings and
     the error are one line each, and built-ins work in the same process."""
