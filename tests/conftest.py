@@ -22,10 +22,29 @@ TINY = {
 }
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (subprocesses, real training); "
+        "`pytest --run-slow -m slow` runs only those",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "real_data: reads real MNIST from $GENMNIST_DATA (skipped when unset)"
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Plain `pytest` is the quick tier a change is checked with; .ci/run adds the slow one.
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (.ci/run does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def synthetic_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,3 +184,59 @@ def make_mnist_folder():
     """``make_mnist_folder(root, n_train=64, n_test=32)``: write the four IDX files under
     ``root/MNIST/raw`` and return ``{file name: tensor written}``."""
     return write_mnist_folder
+
+
+# ------------------------------------------------------------------------------ the CLI
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """``run_cli(*args)``: run ``genmnist ARGS`` in-process and return ``(exit code, stdout,
+    stderr)``; rich tables get 200 columns (no wrapped cells) and tracebacks stay off."""
+    from genmnist.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("GENMNIST_DEBUG", raising=False)
+
+    def run(*args) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return info.value.code, out, err
+
+    return run
+
+
+def _assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+
+
+@pytest.fixture
+def assert_one_line_error():
+    """``assert_one_line_error(stderr, *fragments)``: stderr is one ``error: ...`` line, with
+    no traceback, holding every fragment."""
+    return _assert_one_line_error
+
+
+@pytest.fixture
+def run_python():
+    """``run_python(*args, code=None, env=None)``: run ``python [-c CODE] ARGS`` in a
+    subprocess (one thread, unless ``env`` says otherwise); returns the completed process."""
+    import subprocess
+    import sys
+
+    def run(*args: str, code: str | None = None, env=None, timeout: float = 120):
+        command = [sys.executable, *(["-c", code] if code is not None else []), *args]
+        return subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env if env is not None else {**os.environ, "OMP_NUM_THREADS": "1"},
+            stdin=subprocess.DEVNULL,
+        )
+
+    return run

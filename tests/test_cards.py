@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from genmnist.cli import _card_summary
+from genmnist.cli.models import card_summary as _card_summary
 from genmnist.errors import CheckpointError
 from genmnist.models import DATASETS, create_model, load, model_card, pretrained_dir
 from genmnist.registry import MODELS

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -12,46 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from genmnist.cli import main
 from genmnist.models import load
 from genmnist.training import Trainer, TrainOptions
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")  # rich tables without wrapped cells
-    monkeypatch.delenv("GENMNIST_DEBUG", raising=False)
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    """Run ``genmnist ARGS`` in-process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
-
-
-def assert_one_line_error(err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], err
-
-
-def _python(code: str, *args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args, "-c", code] if code else [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
 # --------------------------------------------------------------------------- help, list, info
-def test_help_does_not_import_torch():
+def test_help_does_not_import_torch(run_python):
     code = (
         "import sys\n"
         "from genmnist.cli import main\n"
@@ -63,7 +27,7 @@ def test_help_does_not_import_torch():
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
         "print('HEAVY:', heavy)\n"
     )
-    result = _python(code)
+    result = run_python(code=code)
     assert result.returncode == 0, result.stderr
     assert "HEAVY: []" in result.stdout
     assert "Usage: genmnist" in result.stdout
@@ -72,17 +36,18 @@ def test_help_does_not_import_torch():
     assert "--max-steps" in result.stdout and "--checkpoint" in result.stdout
 
 
-def test_python_m_genmnist_end_to_end_error_and_list():
-    result = _python("", "-m", "genmnist", "sample", "vae-mlp", "-n", "0")
+@pytest.mark.slow
+def test_python_m_genmnist_end_to_end_error_and_list(assert_one_line_error, run_python):
+    result = run_python("-m", "genmnist", "sample", "vae-mlp", "-n", "0")
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "-n")
-    listing = _python("", "-m", "genmnist", "list")
+    listing = run_python("-m", "genmnist", "list")
     assert listing.returncode == 0, listing.stderr
     assert "vae-mlp" in listing.stdout
 
 
-def test_list_shows_builtin_models(capsys):
-    code, out, err = run_cli(capsys, "list")
+def test_list_shows_builtin_models(run_cli):
+    code, out, err = run_cli("list")
     assert code == 0, err
     for name in ("vae-mlp", "vae-conv", "cvae"):
         assert name in out
@@ -93,28 +58,28 @@ def test_list_shows_builtin_models(capsys):
     assert " no " in mlp_row
 
 
-def test_list_filters_with_wildcards(capsys):
-    code, out, _ = run_cli(capsys, "list", "vae*")
+def test_list_filters_with_wildcards(run_cli):
+    code, out, _ = run_cli("list", "vae*")
     assert code == 0
     assert "vae-mlp" in out and "vae-conv" in out and "cvae" not in out
-    code, out, _ = run_cli(capsys, "list", "nothing-matches*")
+    code, out, _ = run_cli("list", "nothing-matches*")
     assert code == 0 and "vae" not in out
 
 
-def test_list_reports_broken_plugins(capsys, plugin_registry, fake_entry_point):
+def test_list_reports_broken_plugins(plugin_registry, fake_entry_point, run_cli):
     plugin_registry(fake_entry_point("broken-gan", error=ImportError("no module named jax")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        code, out, err = run_cli(capsys, "list")
+        code, out, err = run_cli("list")
     assert code == 0, err
     assert "vae-mlp" in out
     assert "warning" in out and "broken-gan" in out and "jax" in out
 
 
-def test_info_shows_parameters_and_config(capsys):
+def test_info_shows_parameters_and_config(run_cli):
     from genmnist.models import create_model
 
-    code, out, err = run_cli(capsys, "info", "cvae")
+    code, out, err = run_cli("info", "cvae")
     assert code == 0, err
     assert out.startswith("cvae - ")
     parameters = create_model("cvae").num_parameters()
@@ -134,7 +99,7 @@ def test_info_shows_parameters_and_config(capsys):
         (["sample", "vae-mpl"], 2, ["unknown model 'vae-mpl'", "did you mean 'vae-mlp'"]),
         (["info", "cvea"], 2, ["unknown model 'cvea'", "'cvae'"]),
         (["train", "vae-mpl", "--max-steps", "1"], 2, ["did you mean 'vae-mlp'"]),
-        (["sample", "cvae", "--label", "12"], 2, ["--label"]),
+        (["sample", "cvae", "--label", "12"], 2, ["labels must be in 0..9"]),
         (["sample", "vae-mlp", "--label", "3"], 2, ["unconditional"]),
         (["sample", "vae-mlp", "--format", "gif"], 2, ["unknown output format 'gif'"]),
         (["sample", "vae-mlp", "--dataset", "cifar"], 2, ["unknown dataset 'cifar'"]),
@@ -149,12 +114,14 @@ def test_info_shows_parameters_and_config(capsys):
         (["train", "vae-mlp", "--config", "{tmp}/unknown.json"], 1, ["unknown VAEConfig field"]),
     ],
 )
-def test_errors_are_one_line_with_exit_code(capsys, tmp_path, args, code, fragments):
+def test_errors_are_one_line_with_exit_code(
+    tmp_path, args, code, fragments, run_cli, assert_one_line_error
+):
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.json").write_text("{oops")
     (tmp_path / "unknown.json").write_text('{"warp_factor": 9}')
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    exit_code, _, err = run_cli(capsys, *args)
+    exit_code, _, err = run_cli(*args)
     assert exit_code == code, err
     assert_one_line_error(err, *fragments)
 
@@ -169,10 +136,10 @@ def trained_folder(tmp_path, tiny_model, tiny_dataset):
     return model.save_pretrained(tmp_path / "exported")
 
 
-def test_sample_png_and_npy_from_checkpoint(capsys, tmp_path, trained_folder):
+def test_sample_png_and_npy_from_checkpoint(tmp_path, trained_folder, run_cli):
     png = tmp_path / "g.png"
     code, out, err = run_cli(
-        capsys, "sample", "vae-mlp", "--checkpoint", trained_folder, "-n", "4", "-o", png,
+        "sample", "vae-mlp", "--checkpoint", trained_folder, "-n", "4", "-o", png,
         "--seed", "1",
     )  # fmt: skip
     assert code == 0, err
@@ -182,7 +149,7 @@ def test_sample_png_and_npy_from_checkpoint(capsys, tmp_path, trained_folder):
 
     npy = tmp_path / "g.npy"
     code, _, err = run_cli(
-        capsys, "sample", "vae-mlp", "--checkpoint", trained_folder, "-n", "4", "-o", npy,
+        "sample", "vae-mlp", "--checkpoint", trained_folder, "-n", "4", "-o", npy,
         "--seed", "1", "--format", "npy",
     )  # fmt: skip
     assert code == 0, err
@@ -193,11 +160,11 @@ def test_sample_png_and_npy_from_checkpoint(capsys, tmp_path, trained_folder):
     assert np.asarray(Image.open(png)).std() > 0
 
 
-def test_sample_pt_nrow_and_the_run_folder(capsys, tmp_path, trained_folder):
+def test_sample_pt_nrow_and_the_run_folder(tmp_path, trained_folder, run_cli):
     run_folder = tmp_path / "run"  # a training run folder works as --checkpoint too
     out_pt = tmp_path / "s.pt"
     code, _, err = run_cli(
-        capsys, "sample", "vae-mlp", "--checkpoint", run_folder, "-n", "3", "-o", out_pt,
+        "sample", "vae-mlp", "--checkpoint", run_folder, "-n", "3", "-o", out_pt,
         "--seed", "2", "--batch-size", "2",
     )  # fmt: skip
     assert code == 0, err
@@ -206,37 +173,86 @@ def test_sample_pt_nrow_and_the_run_folder(capsys, tmp_path, trained_folder):
     torch.testing.assert_close(images, load(run_folder).sample(3, seed=2), atol=1e-6, rtol=0)
     png = tmp_path / "rows.png"
     code, _, _ = run_cli(
-        capsys, "sample", "vae-mlp", "--checkpoint", run_folder, "-n", "6", "--nrow", "2",
+        "sample", "vae-mlp", "--checkpoint", run_folder, "-n", "6", "--nrow", "2",
         "-o", png,
     )  # fmt: skip
     assert code == 0
     assert Image.open(png).size == (2 * 30 + 2, 3 * 30 + 2)
 
 
-def test_sample_with_checkpoint_of_another_model(capsys, trained_folder):
-    code, _, err = run_cli(capsys, "sample", "cvae", "--checkpoint", trained_folder, "-n", "2")
+def test_a_folder_in_place_of_a_name(tmp_path, monkeypatch, trained_folder, run_cli):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("sample", trained_folder, "-n", "3", "--seed", "4", "-f", "npy")
+    assert code == 0, err
+    assert "Saved 3 samples of vae-mlp (seed 4) to vae-mlp-samples.npy" in out
+    expected = load(trained_folder).sample(3, seed=4).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "vae-mlp-samples.npy"), expected, atol=1e-6)
+    code, out, err = run_cli("info", trained_folder)
+    assert code == 0, err
+    assert out.startswith("vae-mlp - ") and f"folder: {trained_folder}" in out
+    assert "config of" in out and "hidden_dims" in out
+
+
+def test_resolve_model_names_folders_and_the_run_dataset(tmp_path, trained_folder, capsys):
+    from genmnist.cli.common import UsageProblem, resolve_model
+
+    run = tmp_path / "run"  # the training run behind trained_folder, on (synthetic) mnist
+    resolved = resolve_model("vae-mlp", run, "mnist")
+    assert resolved.model.name == "vae-mlp" and resolved.folder == run
+    assert resolved.source == str(run) and capsys.readouterr().err == ""
+    model, folder, _ = resolve_model(str(run), None, "fashion-mnist")
+    assert folder == run and "trained on mnist, not fashion-mnist" in capsys.readouterr().err
+    shipped = resolve_model("vae-mlp", None, "mnist")
+    assert shipped.folder is None and shipped.source == "shipped weights (mnist)"
+    fresh = resolve_model("vae-mlp", None, "mnist", weights=False)
+    assert fresh.folder is None and fresh.source == "registered defaults"
+    with pytest.raises(UsageProblem, match="holds a 'vae-mlp' model, not 'cvae'"):
+        resolve_model("cvae", run, "mnist")
+    with pytest.raises(UsageProblem, match="did you mean 'vae-mlp'"):
+        resolve_model("vae-mpl", run, "mnist")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--label", "3"], "model 'vae-mlp' is unconditional: it takes no labels"),
+        (["--temperature", "-1"], "--temperature must be a positive number"),
+        (["--sampler", "ddim"], "'vae-mlp' takes no --sampler"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_sampling_arguments_the_model_refuses_are_usage_errors(
+    trained_folder, run_cli, assert_one_line_error, args, fragment
+):
+    code, _, err = run_cli("sample", "vae-mlp", "--checkpoint", trained_folder, "-n", "2", *args)
+    assert code == 2
+    assert_one_line_error(err, fragment)
+
+
+def test_sample_with_checkpoint_of_another_model(trained_folder, run_cli, assert_one_line_error):
+    code, _, err = run_cli("sample", "cvae", "--checkpoint", trained_folder, "-n", "2")
     assert code == 2
     assert_one_line_error(err, "holds a 'vae-mlp' model, not 'cvae'")
 
 
-def test_sample_without_shipped_weights(capsys, monkeypatch, tmp_path):
+def test_sample_without_shipped_weights(monkeypatch, tmp_path, run_cli, assert_one_line_error):
     from genmnist.models.vae import VAE
     from genmnist.registry import MODELS
 
     MODELS.register("unshipped-vae", VAE, hidden_dims=(8,), latent_dim=2)
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(capsys, "sample", "unshipped-vae", "-n", "2")
+    code, _, err = run_cli("sample", "unshipped-vae", "-n", "2")
     assert code == 1
     assert_one_line_error(err, "no pretrained weights ship for 'unshipped-vae'")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_train_and_resume_via_cli(capsys, tmp_path, idx_root):
+def test_train_and_resume_via_cli(tmp_path, idx_root, run_cli, assert_one_line_error):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({"hidden_dims": [32], "latent_dim": 4, "batch_size": 16}))
     out = tmp_path / "run"
     base = ["train", "vae-mlp", "--data-dir", idx_root, "--out", out, "--quiet", "--device", "cpu"]
-    code, _, err = run_cli(capsys, *base, "--max-steps", "5", "--config", config)
+    code, _, err = run_cli(*base, "--max-steps", "5", "--config", config)
     assert code == 0, err
     assert "Done: 5 steps" in err
     record = json.loads((out / "config.json").read_text())
@@ -244,28 +260,26 @@ def test_train_and_resume_via_cli(capsys, tmp_path, idx_root):
     assert (out / "model.safetensors").is_file() and (out / "checkpoint.safetensors").is_file()
 
     # a second fresh run into the same folder is refused
-    code, _, err = run_cli(capsys, *base, "--max-steps", "5", "--config", config)
+    code, _, err = run_cli(*base, "--max-steps", "5", "--config", config)
     assert code == 1
     assert_one_line_error(err, "already holds a run")
 
     # --resume reads the run's own config (no --config needed) and continues
-    code, _, err = run_cli(capsys, *base, "--max-steps", "8", "--resume")
+    code, _, err = run_cli(*base, "--max-steps", "8", "--resume")
     assert code == 0, err
     assert "Resumed" in err and "at step 5" in err
     assert "Done: 8 steps" in err
     assert load(out).config.latent_dim == 4
 
-    code, _, err = run_cli(capsys, *base, "--max-steps", "9", "--resume", "--config", config)
+    code, _, err = run_cli(*base, "--max-steps", "9", "--resume", "--config", config)
     assert code == 2
     assert_one_line_error(err, "--config cannot change a run being resumed")
-    code, _, err = run_cli(
-        capsys, "train", "vae-conv", "--out", out, "--resume", "--data-dir", idx_root
-    )
+    code, _, err = run_cli("train", "vae-conv", "--out", out, "--resume", "--data-dir", idx_root)
     assert code == 2
     assert_one_line_error(err, "holds a 'vae-mlp' run, not 'vae-conv'")
 
 
-def test_train_with_missing_data(capsys, tmp_path, monkeypatch):
+def test_train_with_missing_data(tmp_path, monkeypatch, run_cli, assert_one_line_error):
     import torchvision.datasets
 
     # no network in tests: make the download fail fast, as offline machines do
@@ -276,19 +290,19 @@ def test_train_with_missing_data(capsys, tmp_path, monkeypatch):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({"hidden_dims": [8], "latent_dim": 2, "batch_size": 16}))
     code, _, err = run_cli(
-        capsys, "train", "vae-mlp", "--data-dir", tmp_path / "nodata", "--out",
+        "train", "vae-mlp", "--data-dir", tmp_path / "nodata", "--out",
         tmp_path / "run", "--config", config, "--max-steps", "1",
     )  # fmt: skip
     assert code == 1
     assert_one_line_error(err, "mnist not found under", "download failed")
 
 
-def test_sample_cvae_with_label(capsys, tmp_path, tiny_model):
+def test_sample_cvae_with_label(tmp_path, tiny_model, run_cli):
     model = tiny_model("cvae").eval()
     folder = model.save_pretrained(tmp_path / "cvae")
     out = tmp_path / "threes.npy"
     code, _, err = run_cli(
-        capsys, "sample", "cvae", "--checkpoint", folder, "-n", "3", "--label", "3",
+        "sample", "cvae", "--checkpoint", folder, "-n", "3", "--label", "3",
         "--seed", "5", "-o", out,
     )  # fmt: skip
     assert code == 0, err
@@ -297,9 +311,11 @@ def test_sample_cvae_with_label(capsys, tmp_path, tiny_model):
     assert not np.allclose(np.load(out), model.sample(3, labels=4, seed=5).numpy())
 
 
-def test_sample_unknown_output_suffix_is_a_usage_error(capsys, tmp_path, trained_folder):
+def test_sample_unknown_output_suffix_is_a_usage_error(
+    tmp_path, trained_folder, run_cli, assert_one_line_error
+):
     code, _, err = run_cli(
-        capsys, "sample", "vae-mlp", "--checkpoint", trained_folder, "-o", tmp_path / "x.gif"
+        "sample", "vae-mlp", "--checkpoint", trained_folder, "-o", tmp_path / "x.gif"
     )
     assert_one_line_error(err, "gif")
     assert code == 2
@@ -313,7 +329,9 @@ def test_sample_unknown_output_suffix_is_a_usage_error(capsys, tmp_path, trained
         (ZeroDivisionError("boom"), 1, "error: unexpected ZeroDivisionError: boom"),
     ],
 )
-def test_train_failures_map_to_exit_codes(capsys, monkeypatch, tmp_path, error, code, fragment):
+def test_train_failures_map_to_exit_codes(
+    monkeypatch, tmp_path, error, code, fragment, run_cli, assert_one_line_error
+):
     from genmnist.training import TrainingInterrupted
 
     if error == "interrupted":
@@ -323,7 +341,7 @@ def test_train_failures_map_to_exit_codes(capsys, monkeypatch, tmp_path, error, 
         raise error
 
     monkeypatch.setattr(Trainer, "fit", fit)
-    exit_code, out, err = run_cli(capsys, "train", "vae-mlp", "--out", tmp_path / "run")
+    exit_code, out, err = run_cli("train", "vae-mlp", "--out", tmp_path / "run")
     assert exit_code == code
     assert "Traceback" not in err
     if fragment is None:  # the interruption message is printed, not an error line
@@ -340,27 +358,29 @@ def test_debug_env_shows_the_exception(monkeypatch, tmp_path):
         raise ZeroDivisionError("boom")
 
     monkeypatch.setattr(Trainer, "fit", fit)
+    from genmnist.cli import main
+
     monkeypatch.setenv("GENMNIST_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
         main(["train", "vae-mlp", "--out", str(tmp_path / "run")])
 
 
-def test_train_config_from_another_runs_config_json(capsys, tmp_path, idx_root, trained_folder):
+def test_train_config_from_another_runs_config_json(tmp_path, idx_root, trained_folder, run_cli):
     out = tmp_path / "again"
     code, _, err = run_cli(
-        capsys, "train", "vae-mlp", "--config", trained_folder / "config.json", "--out", out,
+        "train", "vae-mlp", "--config", trained_folder / "config.json", "--out", out,
         "--data-dir", idx_root, "--max-steps", "1", "--quiet", "--device", "cpu",
     )  # fmt: skip
     assert code == 0, err
     assert load(out).config == load(trained_folder).config
 
 
-def test_sample_label_follows_the_checkpoint_config(capsys, tmp_path, tiny_model):
+def test_sample_label_follows_the_checkpoint_config(tmp_path, tiny_model, run_cli):
     model = tiny_model("vae-mlp", num_classes=10).eval()
     folder = model.save_pretrained(tmp_path / "conditional-mlp")
     out = tmp_path / "s.npy"
     code, _, err = run_cli(
-        capsys, "sample", "vae-mlp", "--checkpoint", folder, "-n", "2", "--label", "3",
+        "sample", "vae-mlp", "--checkpoint", folder, "-n", "2", "--label", "3",
         "--seed", "0", "-o", out,
     )  # fmt: skip
     assert code == 0, err

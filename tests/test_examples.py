@@ -61,6 +61,7 @@ def grid_size(cols: int, rows: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------- sample_pretrained.py
+@pytest.mark.slow
 def test_sample_pretrained_from_checkpoint(tmp_path):
     from genmnist.models import create_model
 
@@ -82,6 +83,7 @@ def test_sample_pretrained_from_checkpoint(tmp_path):
     assert png_size(out / "all.png") == grid_size(3, 10)
 
 
+@pytest.mark.slow
 def test_sample_pretrained_shipped_weights(tmp_path):
     from genmnist.models import pretrained_dir
 
@@ -93,6 +95,7 @@ def test_sample_pretrained_shipped_weights(tmp_path):
 
 
 # ----------------------------------------------------------------- training examples
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_custom_model(tmp_path, real_data):
     # The data root comes from GENMNIST_DATA, inherited by the subprocess.
@@ -105,6 +108,7 @@ def test_custom_model(tmp_path, real_data):
     assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_latent_interpolation(tmp_path, real_data):
     run(
@@ -153,7 +157,13 @@ def test_plugin_model_contract(plugin_model):
 
     samples = model.sample(4, seed=3)
     assert samples.shape == (4, 1, 28, 28)
-    assert samples.min() >= 0 and samples.max() <= 1
+    # sample() clamps to [0, 1], which would hide a generate() that leaves the range
+    from genmnist.models import SampleNoise
+
+    with torch.no_grad():
+        generated = model.generate(SampleNoise(SampleNoise.sample_seeds(4, seed=3)), None)
+    assert generated.min() >= 0 and generated.max() <= 1
+    assert torch.equal(samples, generated)
     assert torch.equal(samples[:2], model.sample(2, seed=3))  # per-sample noise
 
 
@@ -167,6 +177,7 @@ def test_plugin_shipped_weights(plugin_model):
     assert abs(torch.sigmoid(model.mean_logits).mean().item() - 0.1307) < 0.01
 
 
+@pytest.mark.slow
 def test_plugin_installed_sample_cli(tmp_path):
     if not entry_points(group="genmnist.models", name="pixel-gaussian"):
         pytest.skip("plugin not installed (pip install -e examples/plugin-example)")

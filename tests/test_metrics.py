@@ -366,7 +366,7 @@ def test_compare_reuses_eval_results_only_for_the_same_model(
     def fail(*args, **kwargs):
         raise AssertionError("evaluated again although a result was given")
 
-    import genmnist.evaluation_cli as evaluation_cli
+    import genmnist.cli.evaluate as evaluation_cli
 
     with monkeypatch.context() as patch:
         patch.setattr(evaluation_cli, "_evaluate", fail)

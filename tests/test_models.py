@@ -107,8 +107,14 @@ def test_sample_without_seed_is_random_and_generator_reproducible(tiny_model):
 
 @pytest.mark.parametrize("seed", [0, -1, 2**40, 2**63 - 1])
 def test_sample_accepts_any_int64_seed(tiny_model, seed):
+    seeds = SampleNoise.sample_seeds(3, seed=seed)
+    assert seeds == [(seed * 1_000_003 + i) % 2**64 for i in range(3)]
+    assert all(0 <= s < 2**64 for s in seeds)  # what torch generators accept
     model = tiny_model("vae-mlp")
-    assert torch.equal(model.sample(2, seed=seed), model.sample(2, seed=seed))
+    images = model.sample(3, seed=seed)
+    # per-sample seeds wrap modulo 2**64, so seed and seed + 2**64 draw the same images
+    assert torch.equal(images, model.sample(3, seed=seed + 2**64))
+    assert not torch.equal(images, model.sample(3, seed=seed + 1))
 
 
 def test_sample_noise_streams_are_per_sample():

@@ -24,14 +24,6 @@ from genmnist.io import load_tensors, read_json
 from genmnist.models import VAE
 from genmnist.models.base import CONFIG_FILE, WEIGHTS_FILE
 from genmnist.training import CHECKPOINT_FILE, METRICS_FILE, Trainer, TrainOptions
-from test_cli import run_cli, wide_console  # noqa: F401  (wide_console: an autouse fixture)
-
-
-def assert_one_line_error(err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], err
 
 
 def temp_files(folder: Path) -> list[str]:
@@ -137,8 +129,9 @@ def assert_run_is_whole(run: Path, at_least: int) -> int:
     return step
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_run(
-    capsys, tmp_path, make_mnist_folder
+    tmp_path, make_mnist_folder, run_cli, assert_one_line_error
 ):
     make_mnist_folder(tmp_path / "data", n_train=64)
     config = tmp_path / "tiny.json"
@@ -155,7 +148,7 @@ def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_run(
     _killed_at_write(fresh, "mid-write:1")
     assert not (run / CHECKPOINT_FILE).exists()
     assert len(temp_files(run)) == 1
-    code, _, err = run_cli(capsys, *resume)
+    code, _, err = run_cli(*resume)
     assert code == 1
     assert_one_line_error(err, "nothing to resume")
 
@@ -176,14 +169,14 @@ def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_run(
     assert step < STEPS
 
     # 5. the last --resume finishes, ignoring the leftover temporary files...
-    code, _, err = run_cli(capsys, *resume)
+    code, _, err = run_cli(*resume)
     assert code == 0, err
     assert f"at step {step}" in err and f"Done: {STEPS} steps" in err
     steps = [json.loads(line)["step"] for line in (run / METRICS_FILE).read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS
 
     # ...with exactly the weights of a run that was never interrupted
-    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "ref", "--config", config)
+    code, _, err = run_cli(*common, "--out", tmp_path / "ref", "--config", config)
     assert code == 0, err
     for name in (WEIGHTS_FILE, CHECKPOINT_FILE):
         resumed, _ = load_tensors(run / name)
@@ -210,30 +203,32 @@ def tiny_folder(tmp_path, tiny_model):
     return tiny_model("vae-mlp").save_pretrained(tmp_path / "model")
 
 
-def test_sample_into_a_path_under_a_file_is_a_one_line_error(capsys, tmp_path, tiny_folder):
+def test_sample_into_a_path_under_a_file_is_a_one_line_error(
+    tmp_path, tiny_folder, run_cli, assert_one_line_error
+):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     for output in (blocker / "x.png", blocker / "deeper" / "x.npy"):
         code, _, err = run_cli(
-            capsys, "sample", "vae-mlp", "--checkpoint", tiny_folder, "-n", "4", "-o", output
+            "sample", "vae-mlp", "--checkpoint", tiny_folder, "-n", "4", "-o", output
         )
         assert code == 1
         assert_one_line_error(err, str(blocker), "is not a folder")
     assert blocker.read_text() == "not a folder"
     (tmp_path / "a-folder").mkdir()
     code, _, err = run_cli(
-        capsys, "sample", "vae-mlp", "--checkpoint", tiny_folder, "-o", tmp_path / "a-folder"
+        "sample", "vae-mlp", "--checkpoint", tiny_folder, "-o", tmp_path / "a-folder"
     )
     assert code == 1
     assert_one_line_error(err, "is a folder")
 
 
-def test_sample_writes_exactly_the_given_path_creating_parents(capsys, tmp_path, tiny_folder):
+def test_sample_writes_exactly_the_given_path_creating_parents(tmp_path, tiny_folder, run_cli):
     for name in ("grid.png", "arr.npy", "t.pt", "no-suffix"):
         output = tmp_path / "new" / "deeper" / name
         args = ["-f", "npy"] if name == "no-suffix" else []
         code, out, err = run_cli(
-            capsys, "sample", "vae-mlp", "--checkpoint", tiny_folder, "-n", "4", "-o", output,
+            "sample", "vae-mlp", "--checkpoint", tiny_folder, "-n", "4", "-o", output,
             "--seed", "1", *args,
         )  # fmt: skip
         assert code == 0, err
@@ -246,7 +241,7 @@ def test_sample_writes_exactly_the_given_path_creating_parents(capsys, tmp_path,
 
 
 def test_sample_write_failure_is_a_one_line_error_and_leaves_nothing(
-    capsys, monkeypatch, tmp_path, tiny_folder
+    monkeypatch, tmp_path, tiny_folder, run_cli, assert_one_line_error
 ):
     def disk_full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -254,26 +249,30 @@ def test_sample_write_failure_is_a_one_line_error_and_leaves_nothing(
     monkeypatch.setattr(Image.Image, "save", disk_full)
     out = tmp_path / "out"
     code, _, err = run_cli(
-        capsys, "sample", "vae-mlp", "--checkpoint", tiny_folder, "-n", "4", "-o", out / "x.png"
+        "sample", "vae-mlp", "--checkpoint", tiny_folder, "-n", "4", "-o", out / "x.png"
     )
     assert code == 1
     assert_one_line_error(err, "cannot write the samples", "No space left on device")
     assert list(out.iterdir()) == []  # no partial file, no temporary file
 
 
-def test_train_into_a_path_under_a_file_is_a_one_line_error(capsys, tmp_path, idx_root):
+def test_train_into_a_path_under_a_file_is_a_one_line_error(
+    tmp_path, idx_root, run_cli, assert_one_line_error
+):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     for out in (blocker, blocker / "run"):
         code, _, err = run_cli(
-            capsys, "train", "vae-mlp", "--data-dir", idx_root, "--out", out, "--max-steps", "1"
+            "train", "vae-mlp", "--data-dir", idx_root, "--out", out, "--max-steps", "1"
         )
         assert code == 1
         assert_one_line_error(err, "--out", str(blocker), "is not a folder")
     assert blocker.read_text() == "not a folder"
 
 
-def test_train_write_failure_is_a_one_line_error(capsys, monkeypatch, tmp_path, idx_root):
+def test_train_write_failure_is_a_one_line_error(
+    monkeypatch, tmp_path, idx_root, run_cli, assert_one_line_error
+):
     import safetensors.torch
 
     def disk_full(*args, **kwargs):
@@ -284,7 +283,7 @@ def test_train_write_failure_is_a_one_line_error(capsys, monkeypatch, tmp_path, 
     config.write_text(json.dumps({"hidden_dims": [8], "latent_dim": 2, "batch_size": 16}))
     run = tmp_path / "a" / "b" / "run"  # parents are created
     code, _, err = run_cli(
-        capsys, "train", "vae-mlp", "--data-dir", idx_root, "--out", run, "--config", config,
+        "train", "vae-mlp", "--data-dir", idx_root, "--out", run, "--config", config,
         "--max-steps", "2", "--quiet", "--device", "cpu",
     )  # fmt: skip
     assert code == 1
@@ -296,14 +295,16 @@ def test_train_write_failure_is_a_one_line_error(capsys, monkeypatch, tmp_path, 
     assert not (run / CHECKPOINT_FILE).exists() and temp_files(run) == []
 
 
-def test_read_only_output_folder_is_a_one_line_error(capsys, monkeypatch, tmp_path, tiny_folder):
+def test_read_only_output_folder_is_a_one_line_error(
+    monkeypatch, tmp_path, tiny_folder, run_cli, assert_one_line_error
+):
     """Root writes into read-only folders, so the permission check is faked here."""
     real_access = os.access
     locked = tmp_path / "locked"
     locked.mkdir()
     monkeypatch.setattr(os, "access", lambda p, mode: p != locked and real_access(p, mode))
     code, _, err = run_cli(
-        capsys, "sample", "vae-mlp", "--checkpoint", tiny_folder, "-o", locked / "new" / "x.png"
+        "sample", "vae-mlp", "--checkpoint", tiny_folder, "-o", locked / "new" / "x.png"
     )
     assert code == 1
     assert_one_line_error(err, str(locked), "is read-only")
@@ -340,8 +341,8 @@ def hostile_plugins(plugin_registry, fake_entry_point):
         yield
 
 
-def test_list_reports_every_hostile_plugin(capsys, hostile_plugins):
-    code, out, err = run_cli(capsys, "list")
+def test_list_reports_every_hostile_plugin(hostile_plugins, run_cli):
+    code, out, err = run_cli("list")
     assert code == 0, err
     rows = {line.split()[1] for line in out.splitlines() if line.startswith("│")}
     assert {"vae-mlp", "gan-mlp", "ddpm"} <= rows
@@ -359,12 +360,12 @@ def test_list_reports_every_hostile_plugin(capsys, hostile_plugins):
     assert "unusable" in warnings_["unbuildable"]
 
 
-def test_builtins_still_work_beside_hostile_plugins(capsys, tmp_path, hostile_plugins):
+def test_builtins_still_work_beside_hostile_plugins(tmp_path, hostile_plugins, run_cli):
     output = tmp_path / "x.png"
-    code, _, err = run_cli(capsys, "sample", "vae-mlp", "-n", "4", "-o", output, "--seed", "0")
+    code, _, err = run_cli("sample", "vae-mlp", "-n", "4", "-o", output, "--seed", "0")
     assert code == 0, err
     assert output.is_file()
-    code, out, err = run_cli(capsys, "info", "gan-mlp")
+    code, out, err = run_cli("info", "gan-mlp")
     assert code == 0, err
     assert out.startswith("gan-mlp - ")
 
@@ -380,12 +381,15 @@ def test_builtins_still_work_beside_hostile_plugins(capsys, tmp_path, hostile_pl
         (["info", "unbuildable"], 1, ["cannot build model 'unbuildable'"]),
     ],
 )
-def test_using_a_hostile_plugin_is_a_one_line_error(capsys, hostile_plugins, args, code, fragments):
-    exit_code, _, err = run_cli(capsys, *args)
+def test_using_a_hostile_plugin_is_a_one_line_error(
+    hostile_plugins, args, code, fragments, run_cli, assert_one_line_error
+):
+    exit_code, _, err = run_cli(*args)
     assert exit_code == code, err
     assert_one_line_error(err, *fragments)
 
 
+@pytest.mark.slow
 def test_installed_hostile_plugin_end_to_end(tmp_path):
     """A real installed distribution (a dist-info folder on the path): its warnings and
     the error are one line each, and built-ins work in the same process."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from genmnist.errors import ConfigError
+
 
 def nearest_center(points: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """Index of the nearest center (Euclidean) of each row of ``points`` ``(n, d)``."""
@@ -25,12 +27,12 @@ def kmeans(
         ``centers`` ``(k, d)`` float32 and each point's cluster ``(n,)`` int64.
 
     Raises:
-        ValueError: ``k`` is not between 1 and the number of points.
+        ConfigError: ``k`` is not between 1 and the number of points (a `ValueError`).
     """
     points = points.float()
     n = points.shape[0]
     if not 1 <= k <= n:
-        raise ValueError(f"k-means needs 1 <= k <= {n} (the number of points), got k={k}")
+        raise ConfigError(f"k-means needs 1 <= k <= {n} (the number of points), got k={k}")
     generator = torch.Generator().manual_seed(seed)
     first = int(torch.randint(n, (1,), generator=generator))
     centers = points[first : first + 1]

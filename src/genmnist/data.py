@@ -19,8 +19,9 @@ import torch
 
 from genmnist.errors import DataError
 
-#: Dataset name -> (torchvision class name, which is also the folder under the root;
-#: class names).
+#: The datasets genmnist knows, the one list of them (`genmnist.models.DATASETS` and the
+#: CLI derive theirs from it): name -> (torchvision class name, which is also the folder
+#: under the root; class names).
 DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mnist": ("MNIST", tuple(str(i) for i in range(10))),
     "fashion-mnist": (

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from genmnist.data import DATASETS as _DATASETS
 from genmnist.errors import CheckpointError, ConfigError, GenmnistError, RegistryError
 from genmnist.models.autoguided import Autoguided, AutoguidedConfig
 from genmnist.models.base import (
@@ -24,7 +25,8 @@ from genmnist.models.gan import GAN, GANConfig
 from genmnist.models.vae import VAE, VAEConfig
 from genmnist.registry import MODELS
 
-DATASETS = ("mnist", "fashion-mnist")
+#: The dataset names, in `genmnist.data.DATASETS` order (kept as a tuple: it is public).
+DATASETS: tuple[str, ...] = tuple(_DATASETS)
 
 __all__ = [
     "DATASETS",

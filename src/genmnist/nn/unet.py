@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from genmnist.errors import ConfigError
 from genmnist.nn.layers import group_norm
 
 
@@ -166,7 +167,7 @@ class UNet(nn.Module):
         emb = self.time_mlp(sinusoidal_embedding(t, self.base))
         if self.class_emb is not None:
             if labels is None:
-                raise ValueError("this U-Net is class-conditional: labels are required")
+                raise ConfigError("this U-Net is class-conditional: labels are required")
             emb = emb + self.class_emb(labels)
         h = self.stem(x)
         skips = []

@@ -1,6 +1,5 @@
-"""The evaluation commands of the ``genmnist`` CLI: ``eval``, ``compare``, ``train-evaluator``.
+"""The evaluation commands: ``eval``, ``compare`` and ``train-evaluator``.
 
-Registered onto the main Typer app by :func:`register` (called from :mod:`genmnist.cli`).
 Like the other commands they import torch only when they run.
 """
 
@@ -14,7 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from genmnist.cli import (
+from genmnist.cli.common import (
+    CheckpointOption,
+    DataDirOption,
     DatasetOption,
     GuidanceOption,
     SamplerOption,
@@ -22,15 +23,15 @@ from genmnist.cli import (
     StepsOption,
     TemperatureOption,
     UsageProblem,
-    _check_dataset,
-    _console,
-    _sampling_options,
+    check_dataset,
+    console,
+    err_console,
+    resolve_model,
+    run_metrics_file,
+    sampling_options,
+    sampling_usage,
 )
-from genmnist.errors import GenmnistError
 
-DataDirOption = Annotated[
-    Path | None, typer.Option(help="Data root (default: $GENMNIST_DATA or ~/.cache).")
-]
 NumOption = Annotated[
     int,
     typer.Option(
@@ -39,65 +40,6 @@ NumOption = Annotated[
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed of sampling, the floor subset and KID.")]
 BatchOption = Annotated[int, typer.Option(min=1, help="Images generated at once.")]
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``eval``, ``compare`` and ``train-evaluator`` to ``app``."""
-    app.command("eval")(eval_command)
-    app.command("compare")(compare_command)
-    app.command("train-evaluator")(train_evaluator_command)
-
-
-def _err_console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
-def _resolve(spec: str, checkpoint: Path | None, dataset: str):
-    """``(model, run folder or None, source)`` for a model name or checkpoint folder."""
-    from genmnist.models import load
-
-    folder = checkpoint
-    if folder is None and Path(spec).is_dir():
-        folder = Path(spec)
-    if checkpoint is not None and not checkpoint.is_dir():
-        raise GenmnistError(f"--checkpoint: {checkpoint} is not a folder")
-    if folder is None:
-        from genmnist.registry import MODELS
-
-        if spec not in MODELS:
-            if "/" in spec or "\\" in spec:
-                raise GenmnistError(f"{spec}: no such checkpoint folder")
-            from genmnist.cli import _model_entry
-
-            _model_entry(spec)  # usage error with suggestions
-        return load(spec, dataset=dataset), None, f"shipped weights ({dataset})"
-    model = load(folder, dataset=dataset)
-    if checkpoint is not None and model.name != spec:
-        raise UsageProblem(f"{checkpoint} holds a '{model.name}' model, not '{spec}'")
-    trained_on = _run_dataset(folder)
-    if trained_on is not None and trained_on != dataset:
-        _err_console().print(
-            f"[yellow]warning[/]: {folder} was trained on {trained_on} but is evaluated "
-            f"against {dataset} (pass --dataset {trained_on})"
-        )
-    return model, folder, str(folder)
-
-
-def _run_dataset(folder: Path) -> str | None:
-    """The dataset a ``genmnist train`` run folder was trained on, if it says."""
-    path = folder / "checkpoint.safetensors"
-    if not path.is_file():
-        return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            header = json.loads((f.metadata() or {}).get("genmnist", "{}"))
-        return header.get("dataset")
-    except Exception:  # an unreadable checkpoint only loses the hint
-        return None
 
 
 def _evaluate(model, run_dir, dataset, n, data_dir, seed, batch_size, floor, options, say):
@@ -141,21 +83,19 @@ def _print_result(result: dict[str, Any]) -> None:
         group = info.group
         floor = format_value(key, result.get(f"{key}_floor")) if info.floor else ""
         table.add_row(info.label, format_value(key, result[key]), floor, info.better or "")
-    console = _console()
-    console.print(table)
+    out = console()
+    out.print(table)
     hist = " ".join(f"{i}:{h:.3f}" for i, h in enumerate(result.get("class_histogram", [])))
-    console.print(f"class histogram: {hist}")
+    out.print(f"class histogram: {hist}")
     if result.get("mode_collapse"):
-        console.print("[red]mode collapse[/]: some class gets under a quarter of its fair share")
+        out.print("[red]mode collapse[/]: some class gets under a quarter of its fair share")
     if isinstance(result.get("evaluator_accuracy"), float):
-        console.print(f"evaluator test accuracy: {result['evaluator_accuracy']:.2%}")
+        out.print(f"evaluator test accuracy: {result['evaluator_accuracy']:.2%}")
 
 
 def eval_command(
     name: Annotated[str, typer.Argument(help="Registered model name, or a checkpoint folder.")],
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Run or model folder (default: shipped weights).")
-    ] = None,
+    checkpoint: CheckpointOption = None,
     n: NumOption = 10000,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     output: Annotated[
@@ -174,10 +114,10 @@ def eval_command(
 ) -> None:
     """Evaluate a model: FID/KID/precision/recall with their real-data floor, IS,
     acceptability, class coverage, VAE and efficiency metrics."""
-    _check_dataset(dataset)
-    err = _err_console()
-    model, run_dir, _ = _resolve(name, checkpoint, dataset)
-    options = _sampling_options(
+    check_dataset(dataset)
+    err = err_console()
+    model, run_dir, _ = resolve_model(name, checkpoint, dataset)
+    options = sampling_options(
         model,
         sampler=sampler,
         steps=steps,
@@ -185,18 +125,19 @@ def eval_command(
         guidance=guidance,
         temperature=temperature,
     )
-    result = _evaluate(
-        model,
-        run_dir,
-        dataset,
-        n,
-        data_dir,
-        seed,
-        batch_size,
-        floor,
-        options,
-        lambda message: err.print(f"[dim]{message}[/]"),
-    )
+    with sampling_usage(options):
+        result = _evaluate(
+            model,
+            run_dir,
+            dataset,
+            n,
+            data_dir,
+            seed,
+            batch_size,
+            floor,
+            options,
+            lambda message: err.print(f"[dim]{message}[/]"),
+        )
     for message in result.get("warnings", []):
         err.print(f"[yellow]warning[/]: {message}")
     if output is not None:
@@ -208,7 +149,7 @@ def eval_command(
     else:
         _print_result(result)
         if output is not None:
-            _console().print(f"JSON written to {output}")
+            console().print(f"JSON written to {output}")
 
 
 def compare_command(
@@ -235,7 +176,7 @@ def compare_command(
     ] = None,
 ) -> None:
     """Evaluate several models and write a Markdown report with metrics, samples and charts."""
-    _check_dataset(dataset)
+    check_dataset(dataset)
     earlier = _read_results(results_files or [])
     if charts:
         from genmnist.metrics.report import require_matplotlib
@@ -244,8 +185,8 @@ def compare_command(
     from genmnist.metrics.report import unique_labels, write_report
     from genmnist.metrics.stability import loss_key, read_metrics
 
-    err = _err_console()
-    loaded = [_resolve(spec, None, dataset) for spec in models]
+    err = err_console()
+    loaded = [tuple(resolve_model(spec, None, dataset)) for spec in models]
     labels = unique_labels(_labels(loaded))
     results, samples, curves = [], [], {}
     for label, (model, folder, _) in zip(labels, loaded, strict=True):
@@ -268,7 +209,7 @@ def compare_command(
         results.append(result)
         count = 100 if model.conditional else 64
         samples.append(model.sample(min(count, n), seed=seed, batch_size=batch_size))
-        if folder is not None and (folder / "metrics.jsonl").is_file():
+        if folder is not None and run_metrics_file(folder).is_file():
             records = read_metrics(folder)
             key = loss_key(records)
             curves[label] = [
@@ -282,7 +223,7 @@ def compare_command(
         out, labels, results, samples, curves, [src for _, _, src in loaded], charts=charts
     )
     _print_summary(labels, results)
-    _console().print(f"Report written to {path}")
+    console().print(f"Report written to {path}")
 
 
 def _read_results(files: list[Path]) -> list[dict[str, Any]]:
@@ -343,7 +284,7 @@ def _print_summary(labels: list[str], results: list[dict[str, Any]]) -> None:
         table.add_row(label, *(format_value(k, result.get(k)) for k in keys))
     first = results[0]
     table.add_row("real floor", *(format_value(k, first.get(f"{k}_floor")) for k in keys))
-    _console().print(table)
+    console().print(table)
 
 
 def train_evaluator_command(
@@ -362,7 +303,7 @@ def train_evaluator_command(
     ] = None,
 ) -> None:
     """Retrain the evaluator classifier of a dataset (reproducible for a seed)."""
-    _check_dataset(dataset)
+    check_dataset(dataset)
     from genmnist.metrics.classifier import main
 
     argv = ["--dataset", dataset, "--seed", str(seed)]

@@ -1,0 +1,277 @@
+"""What the command modules share: consoles, `UsageProblem`, option declarations, the model
+resolver and the run-folder file names.
+
+Nothing here imports torch at module level, so ``genmnist --help`` stays fast, and nothing
+imports the app (:mod:`genmnist.cli.app`): command modules import this module, never the
+other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from genmnist.errors import ConfigError, GenmnistError, RegistryError
+
+if TYPE_CHECKING:
+    from genmnist.models.base import GenerativeModel
+
+
+class UsageProblem(GenmnistError):
+    """A bad argument or combination of arguments (exit code 2, like click's usage errors)."""
+
+    exit_code = 2
+
+
+# ------------------------------------------------------------------------------ consoles
+def console():
+    """The console commands print their results on (stdout)."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def err_console():
+    """The console for progress and warnings (stderr), so stdout stays parseable."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+# ------------------------------------------------------------------------------ options
+DatasetOption = Annotated[
+    str, typer.Option("--dataset", "-d", help="mnist or fashion-mnist.", show_default=True)
+]
+DataDirOption = Annotated[
+    Path | None, typer.Option(help="Data root (default: $GENMNIST_DATA or ~/.cache).")
+]
+CheckpointOption = Annotated[
+    Path | None, typer.Option(help="Run or model folder (default: shipped weights).")
+]
+# Diffusion sampling options, shared by `sample` and `eval` (other models refuse them).
+SamplerOption = Annotated[
+    str | None, typer.Option(help="Diffusion sampler: ddim, dpmpp-2m, ddpm, euler, heun.")
+]
+StepsOption = Annotated[int | None, typer.Option(min=1, help="Diffusion sampling steps.")]
+SpacingOption = Annotated[
+    str | None, typer.Option(help="Diffusion step spacing: uniform, trailing or log-snr.")
+]
+GuidanceOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        help="Guidance scale: classifier-free (conditional models; self-guided ones, toward "
+        "their own clusters) or autoguidance (models with a guide network); 1 turns it off. "
+        "Distilled models have it built in.",
+    ),
+]
+TemperatureOption = Annotated[
+    float | None,
+    typer.Option(help="VAE prior temperature: below 1 gives cleaner, less diverse samples."),
+]
+
+
+# ------------------------------------------------------------------------------ names
+def check_dataset(dataset: str) -> str:
+    """``dataset`` if genmnist knows it; else a `UsageProblem` listing the known ones."""
+    from genmnist.data import check_dataset_name
+    from genmnist.errors import DataError
+
+    try:
+        return check_dataset_name(dataset)
+    except DataError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def model_entry(name: str):
+    """The registry entry of ``name``; an unknown or broken name is a `UsageProblem`
+    (with the registry's suggestions)."""
+    from genmnist.registry import MODELS
+
+    try:
+        return MODELS.entry(name)
+    except RegistryError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def default_config(entry) -> dict[str, Any]:
+    """The config a registered entry builds, as JSON values (builds no model)."""
+    return entry.obj.config_class().replace(**entry.defaults).to_dict()
+
+
+# ------------------------------------------------------------------------------ run folders
+# Every file name of a run folder the CLI uses is looked up here, in one place.
+def run_config_file(folder: Path) -> Path:
+    """The ``config.json`` of a run or model folder."""
+    from genmnist.models.base import CONFIG_FILE
+
+    return folder / CONFIG_FILE
+
+
+def run_checkpoint_file(folder: Path) -> Path:
+    """The training checkpoint of a ``genmnist train`` run folder."""
+    from genmnist.training import CHECKPOINT_FILE
+
+    return folder / CHECKPOINT_FILE
+
+
+def run_metrics_file(folder: Path) -> Path:
+    """The training metrics log of a ``genmnist train`` run folder."""
+    from genmnist.training import METRICS_FILE
+
+    return folder / METRICS_FILE
+
+
+def run_dataset(folder: Path) -> str | None:
+    """The dataset a ``genmnist train`` run folder was trained on, if its checkpoint says."""
+    path = run_checkpoint_file(folder)
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get("genmnist", "{}"))
+        return header.get("dataset")
+    except Exception:  # an unreadable checkpoint only loses the hint
+        return None
+
+
+# ------------------------------------------------------------------------------ models
+@dataclass(frozen=True)
+class Resolved:
+    """A model the CLI was pointed at, and where it came from."""
+
+    model: GenerativeModel
+    #: The run or model folder it was loaded from; None for shipped weights.
+    folder: Path | None
+    #: How a report names its origin: the folder, or ``shipped weights (DATASET)``.
+    source: str
+
+    def __iter__(self):
+        """Unpacks as ``model, folder, source`` (no copies, unlike `dataclasses.astuple`)."""
+        return iter((self.model, self.folder, self.source))
+
+
+def resolve_model(
+    name_or_spec: str, checkpoint: Path | None, dataset: str, *, weights: bool = True
+) -> Resolved:
+    """The model a command means by a NAME argument and an optional ``--checkpoint``.
+
+    * ``NAME`` alone: the registered model with its shipped weights for ``dataset``
+      (``weights=False``: a fresh, untrained one with the registered config).
+    * ``FOLDER`` alone (a run or model folder): the model saved there, whatever its name.
+    * ``NAME --checkpoint FOLDER``: the model saved there, which must be a ``NAME``.
+
+    When the folder is a ``genmnist train`` run on another dataset than ``dataset``, a
+    warning says so on stderr.
+
+    Raises:
+        UsageProblem: unknown or broken name (with suggestions), or the folder holds
+            another model.
+        GenmnistError: the checkpoint folder does not exist.
+        CheckpointError: the folder's files are broken.
+        RegistryError: no weights ship for ``NAME`` on ``dataset``.
+    """
+    from genmnist.models import create_model, load
+    from genmnist.registry import MODELS
+
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise GenmnistError(f"--checkpoint: {checkpoint} is not a folder")
+    folder = checkpoint
+    if folder is None and name_or_spec not in MODELS and Path(name_or_spec).is_dir():
+        folder = Path(name_or_spec)
+    if folder is None or checkpoint is not None:
+        if checkpoint is None and ("/" in name_or_spec or os.sep in name_or_spec):
+            raise GenmnistError(f"{name_or_spec}: no such checkpoint folder")
+        model_entry(name_or_spec)  # a usage error with suggestions, before any loading
+    if folder is None:
+        if not weights:
+            return Resolved(create_model(name_or_spec), None, "registered defaults")
+        return Resolved(load(name_or_spec, dataset=dataset), None, f"shipped weights ({dataset})")
+    model = load(folder, dataset=dataset)
+    if checkpoint is not None and model.name != name_or_spec:
+        raise UsageProblem(f"{checkpoint} holds a '{model.name}' model, not '{name_or_spec}'")
+    trained_on = run_dataset(folder)
+    if trained_on is not None and trained_on != dataset:
+        err_console().print(
+            f"[yellow]warning[/]: {folder} was trained on {trained_on}, not {dataset} "
+            f"(pass --dataset {trained_on})"
+        )
+    return Resolved(model, folder, str(folder))
+
+
+# ------------------------------------------------------------------------------ sampling
+def sampling_options(model: GenerativeModel, **given: Any) -> dict[str, Any]:
+    """The sampling flags that were given (not None), as ``model.sample`` options.
+
+    Only says which flags a model has no use for, naming the flag; the values are checked
+    by the model itself when it samples (see `sampling_usage`).
+    """
+    names = {"gif": "callback"}
+    options = {}
+    for flag, value in given.items():
+        if value is None:
+            continue
+        option = names.get(flag, flag)
+        if option not in model.sampling_options:
+            raise UsageProblem(f"'{model.name}' takes no --{flag}")
+        # These two stay here, worded with their flag, until guidance and the step spacing
+        # move into the diffusion samplers' own wrappers.
+        if flag == "guidance" and not model.takes_guidance:
+            raise UsageProblem(f"'{model.name}' {model.no_guidance_reason}: it takes no --guidance")
+        if flag == "spacing":
+            from genmnist.diffusion.samplers import SPACINGS
+
+            if value not in SPACINGS:
+                raise UsageProblem(
+                    f"unknown --spacing '{value}'; choose from {', '.join(SPACINGS)}"
+                )
+        if flag != "gif":
+            options[option] = value
+    return options
+
+
+@contextmanager
+def sampling_usage(options: dict[str, Any] | None = None) -> Iterator[None]:
+    """Turn the model's refusal of its sampling arguments into a `UsageProblem` (exit 2).
+
+    A model checks its sampling arguments (n, labels, sampler, steps, temperature...) when
+    it samples and raises `ConfigError` (for an unknown sampler name, `RegistryError`).
+    Raised there, both mean the command line asked for something the model cannot do. A
+    message that starts with the name of one of the given ``options`` names its flag.
+    """
+    try:
+        yield
+    except (ConfigError, RegistryError) as exc:
+        message = str(exc)
+        for option in options or {}:
+            if message.startswith(f"{option} "):
+                message = f"--{message}"
+        raise UsageProblem(message) from None
+
+
+# ------------------------------------------------------------------------------ files
+def check_writable(folder: Path, option: str) -> None:
+    """Fail early, in one line, if files cannot be written in ``folder`` (which need not
+    exist yet: it is created with its parents)."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise GenmnistError(f"{option}: cannot write under {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GenmnistError(f"{option}: cannot write under {folder}: {existing} is read-only")
+
+
+def os_reason(exc: OSError) -> str:
+    """An `OSError` in a few words: its reason and the file it is about."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {exc.filename}" if exc.filename else reason

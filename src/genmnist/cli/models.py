@@ -1,0 +1,124 @@
+"""``genmnist list`` and ``genmnist info``: what is registered, and one model in detail."""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from typing import Annotated
+
+import typer
+
+from genmnist.cli.common import console, default_config, model_entry, resolve_model
+
+
+def list_models(
+    pattern: Annotated[str, typer.Argument(help="Shell-style wildcard, e.g. 'vae*'.")] = "*",
+) -> None:
+    """List registered models (built-in and plugins)."""
+    from rich.table import Table
+
+    from genmnist.data import DATASETS
+    from genmnist.models import pretrained_dir
+    from genmnist.registry import MODELS
+
+    table = Table("model", "conditional", "pretrained", "source", "description")
+    with warnings.catch_warnings():  # plugin problems are listed below the table instead
+        warnings.simplefilter("ignore", RuntimeWarning)
+        names = MODELS.list(pattern)
+    broken = {}
+    for name in names:
+        entry = MODELS.entry(name)
+        try:  # a plugin's class can fail in any way here; list the others regardless
+            conditional = default_config(entry).get("num_classes", 0) > 0
+            shipped = [d for d in DATASETS if pretrained_dir(name, d) is not None]
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            broken[name] = f"{entry.source}: model '{name}' is unusable: {reason}"
+            continue
+        table.add_row(
+            name,
+            "yes" if conditional else "no",
+            ", ".join(shipped) or "-",
+            entry.source,
+            entry.summary,
+        )
+    out = console()
+    out.print(table)
+    for name, problem in {**MODELS.problems(), **broken}.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            out.print(f"[yellow]warning[/]: {problem}")
+
+
+def info(
+    name: Annotated[str, typer.Argument(help="Registered model name, or a checkpoint folder.")],
+) -> None:
+    """Show a model's description, default config, size and shipped weights."""
+    from rich.table import Table
+
+    from genmnist.data import DATASETS
+    from genmnist.models import model_card, pretrained_dir
+
+    resolved = resolve_model(name, None, "mnist", weights=False)
+    model = resolved.model
+    entry = model_entry(model.name)
+    out = console()
+    out.print(f"[bold]{model.name}[/] - {entry.summary}")
+    if resolved.folder is not None:
+        out.print(f"folder: {resolved.folder}")
+    out.print(f"class: {type(model).__module__}.{type(model).__qualname__}")
+    out.print(f"source: {entry.source}")
+    out.print(f"parameters: {model.num_parameters():,}")
+    classes = f"yes, {model.config.num_classes} classes" if model.conditional else "no"
+    out.print(f"conditional: {classes}")
+    for dataset in DATASETS:
+        folder = pretrained_dir(model.name, dataset)
+        out.print(f"pretrained ({dataset}): {folder if folder else 'none'}")
+        card = model_card(model.name, dataset) if folder else None
+        if card:
+            out.print(card_summary(card), highlight=False)
+    title = "config (override with genmnist train --config FILE)"
+    if resolved.folder is not None:
+        title = f"config of {resolved.folder}"
+    table = Table("config field", "value" if resolved.folder else "default", title=title)
+    for key, value in model.config.to_dict().items():
+        table.add_row(key, repr(value))
+    out.print(table)
+
+
+def card_summary(card: dict) -> str:
+    """A few lines of a model card: training and the measured metrics beside the floor."""
+    lines = []
+    training = card.get("training") or {}
+    if training:
+        minutes = (training.get("seconds") or 0) / 60
+        lines.append(
+            f"  trained: {training.get('steps', '?'):,} steps ({training.get('epochs')} epochs) "
+            f"in {minutes:.0f} min on {training.get('machine', 'CPU')}"
+        )
+        lines.append(f"  recipe: {training.get('command')}")
+        for key, title in (("guide", "autoguidance guide"), ("distillation", "distillation")):
+            stage = training.get(key) or {}
+            if stage:
+                lines.append(
+                    f"  {title}: {stage.get('steps', '?'):,} steps, "
+                    f"{(stage.get('seconds') or 0) / 60:.0f} min: {stage.get('command')}"
+                )
+    evaluation = card.get("evaluation") or {}
+    metrics = evaluation.get("metrics") or {}
+    shown = []
+    for key, label, fmt in (
+        ("fid", "FID", ".2f"),
+        ("acceptability", "acceptability", ".1%"),
+        ("precision", "precision", ".3f"),
+        ("recall", "recall", ".3f"),
+        ("conditional_accuracy", "conditional accuracy", ".1%"),
+    ):
+        if metrics.get(key) is not None:
+            text = f"{label} {format(metrics[key], fmt)}"
+            if metrics.get(f"{key}_floor") is not None:
+                text += f" (real data {format(metrics[f'{key}_floor'], fmt)})"
+            shown.append(text)
+    if shown:
+        lines.append(f"  measured (n={metrics.get('n', '?'):,}): " + ", ".join(shown))
+        lines.append(f"  reproduce: {evaluation.get('command')}")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""``genmnist train``: train a registered model into a run folder, here or under torchrun."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genmnist.cli.common import (
+    DatasetOption,
+    UsageProblem,
+    check_dataset,
+    check_writable,
+    console,
+    model_entry,
+    os_reason,
+    run_config_file,
+)
+from genmnist.errors import GenmnistError
+
+
+def train(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many optimizer steps.")
+    ] = None,
+    dataset: DatasetOption = "mnist",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data root (default: $GENMNIST_DATA or ~/.cache).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON file of config fields to override.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 42,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 200,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: auto).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(min=1, help="Train data-parallel in N processes here (starts torchrun)."),
+    ] = None,
+) -> None:
+    """Train a model: writes config.json, model.safetensors, checkpoints, metrics, loss plot."""
+    check_dataset(dataset)
+    model_entry(name)
+    if nproc is not None and nproc > 1:
+        raise typer.Exit(_launch_torchrun(ctx, nproc))
+    out = out or Path("runs") / name
+    check_writable(out, "--out")
+    from genmnist.io import read_json
+    from genmnist.models import create_model
+    from genmnist.training import Trainer, TrainingInterrupted, TrainOptions
+
+    if resume:
+        config_file = run_config_file(out)
+        if not config_file.is_file():
+            raise GenmnistError(
+                f"--resume: {out} holds no run (no {config_file.name}); nothing to resume"
+            )
+        record = read_json(config_file)
+        if record.get("model") != name:
+            raise UsageProblem(f"{out} holds a '{record.get('model')}' run, not '{name}'")
+        overrides = record.get("config", {})
+        if config is not None:
+            raise UsageProblem("--config cannot change a run being resumed")
+    else:
+        overrides = _read_overrides(config) if config is not None else {}
+    import torch
+
+    torch.manual_seed(seed)  # the initial weights are part of the run: same seed, same run
+    model = create_model(name, **overrides)
+    options = TrainOptions(
+        out=out,
+        epochs=epochs,
+        max_steps=max_steps,
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir is not None else None,
+        seed=seed,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        device=device,
+        progress=not quiet and sys.stderr.isatty(),
+    )
+    try:
+        Trainer(model, options).fit()
+    except TrainingInterrupted as exc:
+        if not getattr(exc, "rank_quiet", False):  # under torchrun, rank 0 says it
+            console().print(f"[yellow]{exc}[/]")
+        raise typer.Exit(130) from None
+    except OSError as exc:  # reads are checked (DataError, CheckpointError): a failed write
+        raise GenmnistError(f"cannot write the run in {out}: {os_reason(exc)}") from None
+
+
+def _launch_torchrun(ctx, nproc: int) -> int:
+    """Run this same `train` command in ``nproc`` processes through torchrun."""
+    from genmnist import distributed
+
+    if distributed.environment().distributed:
+        raise UsageProblem("--nproc starts torchrun itself; leave it out under torchrun")
+    args = [ctx.info_name]
+    for param in ctx.command.params:  # the parsed command line, minus --nproc
+        value = ctx.params.get(param.name)
+        if param.name == "nproc" or value is None:
+            continue
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif getattr(param, "is_flag", False):
+            if value:
+                args.append(param.opts[0])
+            elif param.secondary_opts:
+                args.append(param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return distributed.launch(nproc, args)
+
+
+def _read_overrides(path: Path) -> dict:
+    from genmnist.io import read_json
+
+    data = read_json(path)
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]  # a whole config.json from another run
+    if not isinstance(data, dict):
+        raise GenmnistError(f"{path}: expected a JSON object of config fields")
+    return data
