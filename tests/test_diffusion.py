@@ -317,23 +317,14 @@ def tiny_cfg_checkpoint(tmp_path):
     return model.save_pretrained(tmp_path / "ddpm-cfg")
 
 
-def _cli(capsys, *args):
-    from genmnist.cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
-
-
-def test_cli_samples_with_sampler_steps_guidance_and_gif(capsys, tmp_path, tiny_cfg_checkpoint):
+def test_cli_samples_with_sampler_steps_guidance_and_gif(run_cli, tmp_path, tiny_cfg_checkpoint):
     from PIL import Image
 
     grid, gif = tmp_path / "g.png", tmp_path / "t.gif"
-    code, out, err = _cli(
-        capsys, "sample", "ddpm-cfg", "--checkpoint", tiny_cfg_checkpoint, "-n", "4",
+    code, out, err = run_cli(
+        "sample", "ddpm-cfg", "--checkpoint", tiny_cfg_checkpoint, "-n", "4",
         "--label", "3", "--sampler", "ddim", "--steps", "3", "--guidance", "1.5",
-        "--spacing", "log-snr",
+        "--spacing", "log-snr", "--guidance-interval", "-3.4", "2.6",
         "--gif", gif, "-o", grid, "--seed", "0",
     )  # fmt: skip
     assert code == 0, err
@@ -348,28 +339,28 @@ def test_cli_samples_with_sampler_steps_guidance_and_gif(capsys, tmp_path, tiny_
         (["--guidance", "2"], "takes no guidance"),
         (["--sampler", "dpmpp-3m"], "unknown sampler 'dpmpp-3m'"),
         (["--steps", "0"], "--steps"),
-        (["--spacing", "karras"], "unknown --spacing 'karras'"),
+        (["--spacing", "karras"], "unknown step spacing 'karras'"),
     ],
 )
-def test_cli_diffusion_options_are_checked(capsys, tmp_path, args, fragment):
+def test_cli_diffusion_options_are_checked(run_cli, tmp_path, args, fragment):
     model = create_model("ddpm", **TINY)
     folder = model.save_pretrained(tmp_path / "ddpm")
-    code, _, err = _cli(capsys, "sample", "ddpm", "--checkpoint", folder, "-n", "2", *args)
+    code, _, err = run_cli("sample", "ddpm", "--checkpoint", folder, "-n", "2", *args)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
-def test_cli_diffusion_options_on_a_vae_are_usage_errors(capsys, tmp_path):
+def test_cli_diffusion_options_on_a_vae_are_usage_errors(run_cli, tmp_path):
     folder = create_model("vae-mlp", hidden_dims=(16,), latent_dim=2).save_pretrained(
         tmp_path / "v"
     )
-    code, _, err = _cli(capsys, "sample", "vae-mlp", "--checkpoint", folder, "--steps", "5")
+    code, _, err = run_cli("sample", "vae-mlp", "--checkpoint", folder, "--steps", "5")
     assert code == 2 and "takes no --steps" in err
-    code, _, err = _cli(capsys, "sample", "vae-mlp", "--checkpoint", folder, "--temperature", "0")
+    code, _, err = run_cli("sample", "vae-mlp", "--checkpoint", folder, "--temperature", "0")
     assert code == 2 and "--temperature must be a positive number" in err
     out = tmp_path / "s.npy"
-    code, _, err = _cli(
-        capsys, "sample", "vae-mlp", "--checkpoint", folder, "--temperature", "0.5", "-n", "3",
+    code, _, err = run_cli(
+        "sample", "vae-mlp", "--checkpoint", folder, "--temperature", "0.5", "-n", "3",
         "-o", out, "--seed", "1",
     )  # fmt: skip
     assert code == 0, err
@@ -379,7 +370,7 @@ def test_cli_diffusion_options_on_a_vae_are_usage_errors(capsys, tmp_path):
     assert np.allclose(np.load(out), expected, atol=1e-6)
 
 
-def test_cli_temperature_on_a_ddpm_is_a_usage_error(capsys, tmp_path):
+def test_cli_temperature_on_a_ddpm_is_a_usage_error(run_cli, tmp_path):
     folder = create_model("ddpm", **TINY).save_pretrained(tmp_path / "d")
-    code, _, err = _cli(capsys, "sample", "ddpm", "--checkpoint", folder, "--temperature", "1")
+    code, _, err = run_cli("sample", "ddpm", "--checkpoint", folder, "--temperature", "1")
     assert code == 2 and "takes no --temperature" in err

@@ -10,7 +10,7 @@ import pytest
 from genmnist.errors import GenmnistError, RegistryError
 from genmnist.models import VAE, create_model
 from genmnist.models.base import GenerativeModel
-from genmnist.registry import BUILTIN_SOURCE, MODELS, Registry, _check_model_class
+from genmnist.registry import BUILTIN_SOURCE, MODELS, Registry
 
 
 class Point:
@@ -121,17 +121,17 @@ def test_builtin_models_are_registered():
 
 
 def test_check_model_class():
-    _check_model_class(VAE)
+    MODELS.check(VAE)
     for bad in (Point, VAE(hidden_dims=(8,), latent_dim=2), "vae", GenerativeModel.sample):
         with pytest.raises(TypeError, match="not a subclass"):
-            _check_model_class(bad)
+            MODELS.check(bad)
 
 
 # --------------------------------------------------------------------------- plugins
 def _fresh_registry(monkeypatch, *eps) -> Registry:
     monkeypatch.delenv("GENMNIST_DISABLE_PLUGINS", raising=False)
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: list(eps))
-    return Registry("model", "genmnist.models", validate=_check_model_class)
+    return Registry("model", "genmnist.models", validate=MODELS.check)
 
 
 def test_working_plugin_is_registered_with_its_source(monkeypatch, fake_entry_point):
@@ -157,7 +157,7 @@ def test_plugins_are_discovered_lazily_and_once(monkeypatch, fake_entry_point):
 
     monkeypatch.delenv("GENMNIST_DISABLE_PLUGINS", raising=False)
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    reg = Registry("model", "genmnist.models", validate=_check_model_class)
+    reg = Registry("model", "genmnist.models", validate=MODELS.check)
     assert calls == [] and not ep.loaded
     assert "lazy-vae" in reg
     reg.list()

@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from genmnist.errors import CheckpointError, TrainingError
+from genmnist.errors import CheckpointError, GenmnistError, TrainingError
 from genmnist.io import (
     atomic_write,
     flatten_state,
@@ -39,6 +40,8 @@ from genmnist.io import (
     write_json,
 )
 
+#: ``format`` of a ``config.json`` written by genmnist (a model or run folder).
+CONFIG_FORMAT = "genmnist-model"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -267,10 +270,20 @@ class Checkpoint:
             CheckpointError: naming the file, for anything that does not fit.
         """
         tensors = self.tensors
+        # weights saved by an older version of the model class have older names
+        migrate = getattr(model, "migrate_weights", lambda weights: weights)
+
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            cut = len(prefix)
+            return migrate({k[cut:]: v for k, v in tensors.items() if k.startswith(prefix)})
+
         try:
-            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-            if ema is not None:
-                ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+            model.load_state_dict(part("model."))
+            if ema is not None:  # AveragedModel: the model's names behind "module."
+                averaged = part("ema.module.")
+                rest = {k[4:]: v for k, v in tensors.items()
+                        if k.startswith("ema.") and not k.startswith("ema.module.")}  # fmt: skip
+                ema.load_state_dict({**{f"module.{k}": v for k, v in averaged.items()}, **rest})
             state = unflatten_state(self.header["state"], tensors)
             for phase, optimizer in optimizers.items():
                 saved = state["optimizers"][phase]
@@ -291,10 +304,19 @@ class Checkpoint:
             ) from None
 
 
-def read_checkpoint(folder: PathLike, model_name: str, config: dict[str, Any]) -> Checkpoint:
+def read_checkpoint(
+    folder: PathLike,
+    model_name: str,
+    config: dict[str, Any],
+    migrate: Callable[[dict[str, Any], int], dict[str, Any]] | None = None,
+) -> Checkpoint:
     """Read ``checkpoint.safetensors`` for ``--resume`` and check its header: a genmnist
     checkpoint of this layout version, of the model ``model_name`` with exactly
     ``config``, with usable step, seed, dataset and number of processes.
+
+    ``migrate(config, config_version)`` upgrades the saved config of a run written by an
+    older version of the model class before the comparison (a header without
+    ``config_version`` was written at version 1).
 
     Raises:
         CheckpointError: naming the file, if it is missing, damaged or of another run.
@@ -311,7 +333,14 @@ def read_checkpoint(folder: PathLike, model_name: str, config: dict[str, Any]) -
         raise CheckpointError(f"{path}: not a genmnist training checkpoint")
     if header.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint version {header.get('version')}")
-    if header.get("model") != model_name or header.get("config") != config:
+    saved_config = header.get("config")
+    version = header.get("config_version", 1)
+    if migrate is not None and isinstance(saved_config, dict) and isinstance(version, int):
+        try:
+            saved_config = migrate(saved_config, version)
+        except GenmnistError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    if header.get("model") != model_name or saved_config != config:
         raise CheckpointError(
             f"{path}: the checkpoint holds a '{header.get('model')}' run with another "
             "config; resume with the run's own config (genmnist train reads it from the run)"

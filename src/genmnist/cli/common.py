@@ -1,5 +1,5 @@
-"""What the command modules share: consoles, `UsageProblem`, option declarations, the model
-resolver and the run-folder file names.
+"""What the command modules share: consoles, `UsageProblem`, option declarations and the
+model resolver (run-folder files are `genmnist.run_folder`'s).
 
 Nothing here imports torch at module level, so ``genmnist --help`` stays fast, and nothing
 imports the app (:mod:`genmnist.cli.app`): command modules import this module, never the
@@ -8,7 +8,6 @@ other way round.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,10 +65,16 @@ SpacingOption = Annotated[
 GuidanceOption = Annotated[
     float | None,
     typer.Option(
-        min=0.0,
-        help="Guidance scale: classifier-free (conditional models; self-guided ones, toward "
-        "their own clusters) or autoguidance (models with a guide network); 1 turns it off. "
-        "Distilled models have it built in.",
+        help="Guidance scale of a diffusion model that takes one: classifier-free guidance "
+        "toward a label or the model's own clusters, or autoguidance; 1 turns it off.",
+    ),
+]
+GuidanceIntervalOption = Annotated[
+    tuple[float, float] | None,
+    typer.Option(
+        metavar="LOW HIGH",
+        help="Guide only where the noise level's log-SNR is in [LOW, HIGH] (e.g. -3.4 2.6); "
+        "plain conditional steps elsewhere.",
     ),
 ]
 TemperatureOption = Annotated[
@@ -104,44 +109,6 @@ def model_entry(name: str):
 def default_config(entry) -> dict[str, Any]:
     """The config a registered entry builds, as JSON values (builds no model)."""
     return entry.obj.config_class().replace(**entry.defaults).to_dict()
-
-
-# ------------------------------------------------------------------------------ run folders
-# Every file name of a run folder the CLI uses is looked up here, in one place.
-def run_config_file(folder: Path) -> Path:
-    """The ``config.json`` of a run or model folder."""
-    from genmnist.models.base import CONFIG_FILE
-
-    return folder / CONFIG_FILE
-
-
-def run_checkpoint_file(folder: Path) -> Path:
-    """The training checkpoint of a ``genmnist train`` run folder."""
-    from genmnist.training import CHECKPOINT_FILE
-
-    return folder / CHECKPOINT_FILE
-
-
-def run_metrics_file(folder: Path) -> Path:
-    """The training metrics log of a ``genmnist train`` run folder."""
-    from genmnist.training import METRICS_FILE
-
-    return folder / METRICS_FILE
-
-
-def run_dataset(folder: Path) -> str | None:
-    """The dataset a ``genmnist train`` run folder was trained on, if its checkpoint says."""
-    path = run_checkpoint_file(folder)
-    if not path.is_file():
-        return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            header = json.loads((f.metadata() or {}).get("genmnist", "{}"))
-        return header.get("dataset")
-    except Exception:  # an unreadable checkpoint only loses the hint
-        return None
 
 
 # ------------------------------------------------------------------------------ models
@@ -199,6 +166,8 @@ def resolve_model(
     model = load(folder, dataset=dataset)
     if checkpoint is not None and model.name != name_or_spec:
         raise UsageProblem(f"{checkpoint} holds a '{model.name}' model, not '{name_or_spec}'")
+    from genmnist.run_folder import run_dataset
+
     trained_on = run_dataset(folder)
     if trained_on is not None and trained_on != dataset:
         err_console().print(
@@ -222,18 +191,7 @@ def sampling_options(model: GenerativeModel, **given: Any) -> dict[str, Any]:
             continue
         option = names.get(flag, flag)
         if option not in model.sampling_options:
-            raise UsageProblem(f"'{model.name}' takes no --{flag}")
-        # These two stay here, worded with their flag, until guidance and the step spacing
-        # move into the diffusion samplers' own wrappers.
-        if flag == "guidance" and not model.takes_guidance:
-            raise UsageProblem(f"'{model.name}' {model.no_guidance_reason}: it takes no --guidance")
-        if flag == "spacing":
-            from genmnist.diffusion.samplers import SPACINGS
-
-            if value not in SPACINGS:
-                raise UsageProblem(
-                    f"unknown --spacing '{value}'; choose from {', '.join(SPACINGS)}"
-                )
+            raise UsageProblem(f"'{model.name}' takes no --{flag.replace('_', '-')}")
         if flag != "gif":
             options[option] = value
     return options

@@ -17,6 +17,7 @@ from genmnist.cli.common import (
     CheckpointOption,
     DataDirOption,
     DatasetOption,
+    GuidanceIntervalOption,
     GuidanceOption,
     SamplerOption,
     SpacingOption,
@@ -27,7 +28,6 @@ from genmnist.cli.common import (
     console,
     err_console,
     resolve_model,
-    run_metrics_file,
     sampling_options,
     sampling_usage,
 )
@@ -110,6 +110,7 @@ def eval_command(
     steps: StepsOption = None,
     spacing: SpacingOption = None,
     guidance: GuidanceOption = None,
+    guidance_interval: GuidanceIntervalOption = None,
     temperature: TemperatureOption = None,
 ) -> None:
     """Evaluate a model: FID/KID/precision/recall with their real-data floor, IS,
@@ -123,6 +124,7 @@ def eval_command(
         steps=steps,
         spacing=spacing,
         guidance=guidance,
+        guidance_interval=guidance_interval,
         temperature=temperature,
     )
     with sampling_usage(options):
@@ -182,6 +184,7 @@ def compare_command(
         from genmnist.metrics.report import require_matplotlib
 
         require_matplotlib()
+    from genmnist import run_folder
     from genmnist.metrics.report import unique_labels, write_report
     from genmnist.metrics.stability import loss_key, read_metrics
 
@@ -209,7 +212,7 @@ def compare_command(
         results.append(result)
         count = 100 if model.conditional else 64
         samples.append(model.sample(min(count, n), seed=seed, batch_size=batch_size))
-        if folder is not None and run_metrics_file(folder).is_file():
+        if folder is not None and run_folder.holds_metrics(folder):
             records = read_metrics(folder)
             key = loss_key(records)
             curves[label] = [

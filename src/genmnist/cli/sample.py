@@ -11,6 +11,7 @@ import typer
 from genmnist.cli.common import (
     CheckpointOption,
     DatasetOption,
+    GuidanceIntervalOption,
     GuidanceOption,
     SamplerOption,
     SpacingOption,
@@ -49,6 +50,7 @@ def sample(
     steps: StepsOption = None,
     spacing: SpacingOption = None,
     guidance: GuidanceOption = None,
+    guidance_interval: GuidanceIntervalOption = None,
     temperature: TemperatureOption = None,
     gif: Annotated[
         Path | None, typer.Option(help="Also write an animated GIF of the denoising.")
@@ -80,6 +82,7 @@ def sample(
         steps=steps,
         spacing=spacing,
         guidance=guidance,
+        guidance_interval=guidance_interval,
         temperature=temperature,
         gif=gif,
     )

@@ -16,7 +16,6 @@ from genmnist.cli.common import (
     console,
     model_entry,
     os_reason,
-    run_config_file,
 )
 from genmnist.errors import GenmnistError
 
@@ -53,24 +52,18 @@ def train(
         raise typer.Exit(_launch_torchrun(ctx, nproc))
     out = out or Path("runs") / name
     check_writable(out, "--out")
-    from genmnist.io import read_json
     from genmnist.models import create_model
-    from genmnist.training import Trainer, TrainingInterrupted, TrainOptions
+    from genmnist.training import Trainer, TrainingInterrupted, TrainingTask, TrainOptions
 
     if resume:
-        config_file = run_config_file(out)
-        if not config_file.is_file():
-            raise GenmnistError(
-                f"--resume: {out} holds no run (no {config_file.name}); nothing to resume"
-            )
-        record = read_json(config_file)
-        if record.get("model") != name:
-            raise UsageProblem(f"{out} holds a '{record.get('model')}' run, not '{name}'")
-        overrides = record.get("config", {})
+        model_name, overrides, task = _resumed_run(out)
+        if model_name != name:
+            raise UsageProblem(f"{out} holds a '{model_name}' run, not '{name}'")
         if config is not None:
             raise UsageProblem("--config cannot change a run being resumed")
     else:
         overrides = _read_overrides(config) if config is not None else {}
+        task = TrainingTask.from_record(overrides.pop("task", None), where=str(config))
     import torch
 
     torch.manual_seed(seed)  # the initial weights are part of the run: same seed, same run
@@ -88,7 +81,7 @@ def train(
         progress=not quiet and sys.stderr.isatty(),
     )
     try:
-        Trainer(model, options).fit()
+        Trainer(model, options, task=task).fit()
     except TrainingInterrupted as exc:
         if not getattr(exc, "rank_quiet", False):  # under torchrun, rank 0 says it
             console().print(f"[yellow]{exc}[/]")
@@ -129,3 +122,30 @@ def _read_overrides(path: Path) -> dict:
     if not isinstance(data, dict):
         raise GenmnistError(f"{path}: expected a JSON object of config fields")
     return data
+
+
+def _resumed_run(out: Path):
+    """The model name, config (migrated to the current version) and training task of the
+    run in ``out``."""
+    from genmnist import run_folder
+    from genmnist.models import saved_config
+    from genmnist.training import TrainingTask
+
+    if not run_folder.holds_model(out):
+        raise GenmnistError(f"--resume: {out} holds no run (no config.json); nothing to resume")
+    if _is_version_1_distillation(out):
+        raise GenmnistError(
+            f"--resume: {out} is a guidance-distillation run of an older genmnist, whose "
+            "recipe named its teacher in the model config; start it again with the recipe's "
+            '"task" entry (see the diffusion docs)'
+        )
+    name, config = saved_config(out)
+    return name, config, TrainingTask.from_record(run_folder.read_task_record(out))
+
+
+def _is_version_1_distillation(out: Path) -> bool:
+    from genmnist import run_folder
+
+    record = run_folder.read_config(out)
+    config = record.get("config") if isinstance(record, dict) else None
+    return record.get("config_version") == 1 and bool((config or {}).get("distill_teacher"))

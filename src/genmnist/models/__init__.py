@@ -5,30 +5,23 @@ Importing this package registers the built-in models in `genmnist.registry.MODEL
 
 from __future__ import annotations
 
-import os
-from importlib import resources
-from pathlib import Path
-from typing import Any
-
-from genmnist.data import DATASETS as _DATASETS
-from genmnist.errors import CheckpointError, ConfigError, GenmnistError, RegistryError
 from genmnist.models.autoguided import Autoguided, AutoguidedConfig
-from genmnist.models.base import (
-    CONFIG_FILE,
-    CONFIG_FORMAT,
-    GenerativeModel,
-    ModelConfig,
-    SampleNoise,
-)
+from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.models.ddpm import DDPM, DDPMConfig
 from genmnist.models.gan import GAN, GANConfig
+from genmnist.models.loading import (
+    CARD_FILE,
+    DATASETS,
+    create_model,
+    load,
+    model_card,
+    pretrained_dir,
+    saved_config,
+)
 from genmnist.models.vae import VAE, VAEConfig
-from genmnist.registry import MODELS
-
-#: The dataset names, in `genmnist.data.DATASETS` order (kept as a tuple: it is public).
-DATASETS: tuple[str, ...] = tuple(_DATASETS)
 
 __all__ = [
+    "CARD_FILE",
     "DATASETS",
     "Autoguided",
     "AutoguidedConfig",
@@ -45,136 +38,5 @@ __all__ = [
     "load",
     "model_card",
     "pretrained_dir",
+    "saved_config",
 ]
-
-
-def create_model(name: str, **overrides: Any) -> GenerativeModel:
-    """A new, untrained model registered as ``name``, with config fields ``overrides``.
-
-    Raises:
-        RegistryError: for an unknown name (with suggestions) or a broken plugin.
-        ConfigError: for unknown config fields.
-    """
-    entry = MODELS.entry(name)
-    try:
-        model = MODELS.create(name, **overrides)
-    except GenmnistError:
-        raise
-    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
-        # a plugin class with an unexpected signature, or config values of the wrong type
-        # or size (torch refuses a negative or impossibly large layer)
-        raise ConfigError(
-            f"cannot build model '{name}' from {entry.source}: {type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        ) from None
-    if not isinstance(model, GenerativeModel):
-        raise RegistryError(
-            f"model '{name}' from {entry.source} built a {type(model).__name__}, "
-            "not a genmnist GenerativeModel"
-        )
-    model.name = name
-    return model
-
-
-def pretrained_dir(name: str, dataset: str = "mnist") -> Path | None:
-    """Folder of the weights shipped for model ``name`` on ``dataset``, or None."""
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
-    cls = MODELS.get(name)
-    try:
-        root = resources.files(cls.pretrained_package)
-    except ModuleNotFoundError:
-        return None
-    folder = root / dataset / name
-    if not (folder / CONFIG_FILE).is_file():
-        return None
-    return Path(str(folder))
-
-
-CARD_FILE = "card.json"
-
-
-def model_card(name: str, dataset: str = "mnist") -> dict[str, Any] | None:
-    """The model card shipped with ``name``'s weights on ``dataset``, or None.
-
-    A card (``card.json`` beside the weights) records how the weights were trained
-    (``training``: command, recipe, seed, steps, seconds) and what `genmnist eval`
-    measured for them (``evaluation``: the metrics with their real-data floor, at
-    10,000 samples), plus optional ``sweeps`` over sampling settings. The docs' model
-    cards are generated from these files.
-    """
-    folder = pretrained_dir(name, dataset)
-    if folder is None or not (folder / CARD_FILE).is_file():
-        return None
-    from genmnist.io import read_json
-
-    card = read_json(folder / CARD_FILE)
-    if not isinstance(card, dict) or card.get("format") != "genmnist-card":
-        raise CheckpointError(f"{folder / CARD_FILE}: not a genmnist model card")
-    return card
-
-
-def load(name_or_path: str | os.PathLike[str], dataset: str = "mnist") -> GenerativeModel:
-    """Load a trained model, ready to sample.
-
-    Args:
-        name_or_path: A folder with ``config.json`` and ``model.safetensors`` (as written by
-            `GenerativeModel.save_pretrained` or ``genmnist train``), or the name of a
-            registered model to load its shipped weights.
-        dataset: Which shipped weights to use when a name is given.
-
-    Raises:
-        CheckpointError: the folder or its files are missing or broken.
-        RegistryError: the name is unknown, or no weights ship for it.
-    """
-    path = Path(name_or_path)
-    if path.is_dir():
-        return _load_folder(path)
-    name = str(name_or_path)
-    if name not in MODELS and (os.sep in name or "/" in name or path.suffix):
-        raise CheckpointError(f"{path}: no such checkpoint folder")
-    folder = pretrained_dir(name, dataset)
-    if folder is None:
-        raise RegistryError(
-            f"no pretrained weights ship for '{name}' on {dataset}; train it with "
-            f"`genmnist train {name} --out runs/{name}` and pass --checkpoint runs/{name}"
-        )
-    return _load_folder(folder)
-
-
-def _load_folder(folder: Path) -> GenerativeModel:
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{folder}: no {CONFIG_FILE} here; is this a genmnist checkpoint?")
-    from genmnist.io import read_json
-
-    record = read_json(config_path)
-    if not isinstance(record, dict) or record.get("format") != CONFIG_FORMAT:
-        raise CheckpointError(f"{config_path}: not a genmnist model config")
-    name = record.get("model")
-    if not isinstance(name, str):
-        raise CheckpointError(f"{config_path}: 'model' must name a registered model")
-    try:
-        cls = MODELS.get(name)
-    except RegistryError as exc:
-        raise CheckpointError(f"{config_path}: {exc}") from None
-    version = record.get("config_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CheckpointError(f"{config_path}: missing or invalid 'config_version'")
-    if version > cls.config_version:
-        raise CheckpointError(
-            f"{config_path}: config version {version} is newer than this genmnist supports "
-            f"for '{name}' ({cls.config_version}); upgrade genmnist"
-        )
-    config = record.get("config")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path}: 'config' must be an object")
-    try:
-        config = cls.migrate_config(config, version)
-        model = cls.from_folder(folder, config, name)
-    except (ConfigError, RegistryError) as exc:  # RegistryError: e.g. an unknown encoder name
-        raise CheckpointError(f"{config_path}: {exc}") from None
-    except CheckpointError as exc:
-        raise CheckpointError(exc if str(folder) in str(exc) else f"{config_path}: {exc}") from None
-    model.eval()
-    return model

@@ -58,6 +58,7 @@ class Autoguided(GenerativeModel):
     default_name = "ddpm-autoguided"
     sampling_precision = "bf16"
     sampling_options = ("sampler", "steps", "spacing", "guidance", "callback")
+    parts = (MODEL_FOLDER, GUIDE_FOLDER)
     config: AutoguidedConfig
 
     def __init__(
@@ -121,18 +122,6 @@ class Autoguided(GenerativeModel):
         self.guide.save_pretrained(directory / GUIDE_FOLDER, dtype)
         write_json(directory / CONFIG_FILE, self.config_record())
         return directory
-
-    @classmethod
-    def from_folder(cls, folder: Path, config: dict[str, Any], name: str) -> Autoguided:
-        from genmnist.models import load
-
-        model = cls(
-            cls.config_class.from_dict(config),
-            model=load(folder / MODEL_FOLDER),
-            guide=load(folder / GUIDE_FOLDER),
-        )
-        model.name = name
-        return model
 
 
 MODELS.register(

@@ -32,12 +32,12 @@ from genmnist._version import __version__
 from genmnist.errors import CheckpointError, ConfigError
 from genmnist.io import load_tensors, save_tensors, to_json_value, write_json
 from genmnist.nn.modes import evaluating
-from genmnist.run_folder import CONFIG_FILE, WEIGHTS_FILE
+from genmnist.registry import MODELS
+from genmnist.run_folder import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
 
-CONFIG_FORMAT = "genmnist-model"
 NUM_PIXELS = 28 * 28
 IMAGE_SHAPE = (1, 28, 28)
 
@@ -221,6 +221,9 @@ class GenerativeModel(nn.Module):
     #: Extra keyword options `sample` accepts and passes to `generate`
     #: (e.g. ``sampler``, ``steps``, ``guidance`` for diffusion models).
     sampling_options: ClassVar[tuple[str, ...]] = ()
+    #: A composite model's parts: models of their own, saved in sub-folders of these names
+    #: by `save_pretrained` and given back to the constructor by name when loading.
+    parts: ClassVar[tuple[str, ...]] = ()
     #: Whether data-parallel training must look for parameters the loss leaves unused
     #: (DistributedDataParallel's ``find_unused_parameters``): set it on a single-phase
     #: model whose `training_loss` can leave some parameters without gradients, or DDP
@@ -431,17 +434,6 @@ class GenerativeModel(nn.Module):
         return tensors
 
     @classmethod
-    def from_folder(cls: type[M], folder: Path, config: dict[str, Any], name: str) -> M:
-        """Build the model registered as ``name`` from its (migrated) ``config`` and load
-        the weights in ``folder``; called by `genmnist.load`. A composite model (one made
-        of other models saved in sub-folders) overrides it."""
-        from genmnist.models import create_model
-
-        model = create_model(name, **config)
-        model.load_weights(folder / WEIGHTS_FILE)
-        return model
-
-    @classmethod
     def from_pretrained(
         cls: type[M], name_or_path: str | os.PathLike[str], dataset: str = "mnist"
     ) -> M:
@@ -452,7 +444,7 @@ class GenerativeModel(nn.Module):
             CheckpointError: if the folder or shipped weights are missing or broken, or
                 hold a model of another class.
         """
-        from genmnist.models import load
+        from genmnist.models.loading import load
 
         model = load(name_or_path, dataset=dataset)
         if not isinstance(model, cls):
@@ -484,3 +476,11 @@ class GenerativeModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, parameters={self.num_parameters():,}"
+
+
+def _check_model_class(obj: Any) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, GenerativeModel)):
+        raise TypeError(f"{obj!r} is not a subclass of genmnist.models.base.GenerativeModel")
+
+
+MODELS.validate_with(_check_model_class)

@@ -242,7 +242,10 @@ class Trainer:
     def _resume(self, plan: _Plan) -> int:
         """Restore the run from its checkpoint; returns the step it continues from."""
         opts = self.options
-        saved = run_folder.read_checkpoint(self.out, self.model.name, self.model.config.to_dict())
+        model = self.model
+        saved = run_folder.read_checkpoint(
+            self.out, model.name, model.config.to_dict(), migrate=model.migrate_config
+        )
         header = saved.header
         check_same_task(header.get("task"), self.task, saved.path)
         saved.restore(self.model, self.ema, self.optimizers, self.schedulers)
@@ -367,6 +370,7 @@ def _checkpoint(trainer: Trainer, step: int) -> tuple[dict[str, Any], run_folder
     header = {
         "model": trainer.model.name,
         "config": trainer.model.config.to_dict(),
+        "config_version": trainer.model.config_version,
         "task": trainer.task.record(),
         "step": step,
         "seed": trainer.options.seed,

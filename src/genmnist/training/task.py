@@ -58,25 +58,30 @@ class TrainingTask:
         return {"name": self.name}
 
     @classmethod
-    def from_record(cls, record: dict[str, Any] | None) -> TrainingTask:
-        """The task a checkpoint header records (None, a header of a run from before tasks
-        were recorded: the default data task), rebuilt through `TRAINING_TASKS`.
+    def from_record(cls, record: dict[str, Any] | None, where: str = "") -> TrainingTask:
+        """The task a record describes, rebuilt through `TRAINING_TASKS`: a checkpoint
+        header's (None, a header of a run from before tasks were recorded: the default data
+        task) or the ``"task"`` entry of a recipe (``where`` names the file for messages).
 
         Raises:
             CheckpointError: the record is not a task record, or does not fit the task.
             RegistryError: no task of that name is registered.
+            ConfigError: the task refuses its options.
         """
+        prefix = f"{where}: " if where else ""
         if record is None:
             return TrainingTask()
         if not isinstance(record, dict) or not isinstance(record.get("name"), str):
-            raise CheckpointError(f"not a training task record: {record!r}"[:300])
+            raise CheckpointError(
+                f"{prefix}not a training task record (an object with a 'name'): {record!r}"[:300]
+            )
         task_class = TRAINING_TASKS.get(record["name"])
         options = {k: v for k, v in record.items() if k != "name"}
         try:
             return task_class(**options)
         except TypeError:
             raise CheckpointError(
-                f"the task record {record!r} does not fit {task_class.__name__}"[:300]
+                f"{prefix}the task record {record!r} does not fit {task_class.__name__}"[:300]
             ) from None
 
 
