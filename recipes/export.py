@@ -7,16 +7,17 @@ float16 (``--fp32`` keeps float32) and ``card.json`` with how the run was traine
 command, seed, steps, time). Prints how far the shipped copy's samples are from the run's.
 The evaluation half of the card comes from ``python recipes/cards.py``.
 
-``--guide RUN`` attaches a short run of the same U-Net as the autoguidance guide of an
-unconditional DDPM (`genmnist.models.DDPM.with_guide`); its training record goes on the
-card too:
+``--guide RUN`` combines the run with a short run of the same U-Net as its autoguidance
+guide (`genmnist.models.Autoguided`, saved as the sub-folders ``model/`` and ``guide/``);
+its training record goes on the card too:
 
     python recipes/export.py runs/fashion-mnist/ddpm --dataset fashion-mnist --fp32 \
         --guide runs/fashion-mnist/ddpm-guide
 
 ``--out FOLDER`` writes the (guided) model to a folder instead of the package, without a
 card: that is how `recipes/train.sh` builds the teacher of a guidance distillation run.
-A distilled run (``distill_teacher`` in its config) is exported with ``--teacher RUN``
+A guidance-distillation run (its checkpoint records that training task) is exported with
+``--teacher RUN``
 naming its teacher's main run (and ``--guide RUN`` its guide, if it had one), whose
 training records go on the card beside the distillation's own:
 
@@ -38,9 +39,9 @@ from pathlib import Path
 import torch
 
 import genmnist
-from genmnist.io import load_tensors
 from genmnist.metrics.stability import training_time
-from genmnist.run_folder import read_header, read_metrics, weights_path
+from genmnist.models import Autoguided
+from genmnist.run_folder import holds_model, read_header, read_metrics, read_task_record
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_ROOT = REPO / "src" / "genmnist" / "pretrained"
@@ -102,24 +103,24 @@ def main() -> None:
     args = parser.parse_args()
 
     model = genmnist.load(args.run)
-    distilled = bool(getattr(model, "distilled", False))
+    distilled = (read_task_record(args.run) or {}).get("name") == "guidance-distillation"
     if distilled != (args.teacher is not None):
         parser.error("--teacher names the teacher's run of a distilled model, and only that")
     if args.set:
         changes = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
         model.config = model.config.replace(**changes)
     if args.guide is not None and not distilled:
-        model = model.with_guide(genmnist.load(args.guide), model.config.guidance_scale)
+        guide = genmnist.load(args.guide)
+        model = Autoguided(model=model, guide=guide, guidance_scale=model.config.guidance_scale)
     if args.out is not None:
         model.save_pretrained(args.out)
         print(f"{args.out}: {model.name} written (float32)")
         return
     target = PACKAGE_ROOT / args.dataset / model.name
-    weights = weights_path(target)
-    before = load_tensors(weights)[0] if weights.is_file() else None
+    before = _weights(target)
     storage = "float32" if args.fp32 else "float16"
     stored = model
-    if getattr(model, "guide", None) is not None:
+    if isinstance(model, Autoguided):
         # float16 halves the guide's share of the package (which would pass 25 MB in
         # float32). Like any weight change it gives different, not worse, samples under the
         # deterministic sampler, so the card must be measured on the stored weights. A
@@ -128,7 +129,7 @@ def main() -> None:
         stored.guide.half()
         storage += " (guide float16)"
     stored.save_pretrained(target, dtype=None if args.fp32 else torch.float16)
-    after = load_tensors(weights)[0]
+    after = _weights(target)
     same_weights = (
         before is not None
         and before.keys() == after.keys()
@@ -181,6 +182,13 @@ def main() -> None:
         card.pop("sweeps", None)
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     print(f"{card_path}: training record written; run recipes/cards.py to evaluate")
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of the model in ``folder`` (a composite's parts included), or None."""
+    if not holds_model(folder):
+        return None
+    return {k: v.detach().clone() for k, v in genmnist.load(folder).state_dict().items()}
 
 
 if __name__ == "__main__":

@@ -407,6 +407,11 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, where: s
         raise CheckpointError(f"'{where}' is not an optimizer state")
     check_like(optimizer.state_dict()["param_groups"], saved.get("param_groups"), where)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    # an optimizer keeps the same entries for every parameter it has stepped, so a state
+    # whose entries differ between parameters was damaged (and would fail mid-step)
+    entries = {tuple(sorted(map(str, v))) for v in saved["state"].values() if isinstance(v, dict)}
+    if len(entries) > 1:
+        raise CheckpointError(f"'{where}' holds different state entries for different parameters")
     for index, values in saved["state"].items():
         if not isinstance(index, int) or not 0 <= index < len(params):
             raise CheckpointError(f"'{where}' holds state for an unknown parameter {index!r}")
