@@ -39,6 +39,13 @@ SAMPLERS: Registry = Registry("sampler")
 SPACINGS = ("uniform", "trailing", "log-snr")
 
 
+def check_spacing(spacing: str) -> str:
+    """Return ``spacing`` if `spaced_timesteps` knows it, else raise `ConfigError`."""
+    if spacing not in SPACINGS:
+        raise ConfigError(f"unknown step spacing '{spacing}' (choose from {', '.join(SPACINGS)})")
+    return spacing
+
+
 def spaced_timesteps(
     total: int,
     steps: int,
@@ -69,8 +76,7 @@ def spaced_timesteps(
     """
     if not 1 <= steps <= total:
         raise ConfigError(f"steps must be in 1..{total}, got {steps}")
-    if spacing not in SPACINGS:
-        raise ConfigError(f"unknown step spacing '{spacing}' (choose from {', '.join(SPACINGS)})")
+    check_spacing(spacing)
     if steps == 1:
         return torch.tensor([total - 1])
     if spacing == "trailing":

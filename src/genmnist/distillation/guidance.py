@@ -10,7 +10,7 @@ import torch
 
 from genmnist.diffusion.guidance import check_scale
 from genmnist.errors import CheckpointError, ConfigError
-from genmnist.models.ddpm import DDPM, SAME_DENOISING, mismatched_field
+from genmnist.models.ddpm import DDPM, SAME_DENOISING
 from genmnist.training.task import TRAINING_TASKS, TrainingTask
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class GuidanceDistillation(TrainingTask):
                 f"distillation teacher '{self.teacher_source}' {teacher.guidance_problem}: "
                 "there is no guidance to distil"
             )
-        if problem := mismatched_field(model, network, SAME_DENOISING + SAME_NETWORK):
+        if problem := model.config.first_difference(network.config, SAME_DENOISING + SAME_NETWORK):
             raise ConfigError(f"distillation teacher '{self.teacher_source}': {problem}")
         teacher.eval().requires_grad_(False).to(model.device)
         self.teacher = teacher

@@ -36,11 +36,10 @@ from torch import nn
 from genmnist._version import __version__
 from genmnist.errors import CheckpointError, ConfigError
 from genmnist.nn.modes import evaluating
+from genmnist.run_folder import CONFIG_FILE, WEIGHTS_FILE
 
 EVALUATOR_FORMAT = "genmnist-evaluator"
 EVALUATOR_PACKAGE = "genmnist.pretrained"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 #: Mean and standard deviation of the train-split pixels, used to normalise inputs.
 PIXEL_STATS = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}

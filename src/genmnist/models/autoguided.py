@@ -25,7 +25,7 @@ from genmnist.diffusion.guidance import check_scale
 from genmnist.errors import ConfigError
 from genmnist.io import write_json
 from genmnist.models.base import CONFIG_FILE, GenerativeModel, ModelConfig, SampleNoise
-from genmnist.models.ddpm import DDPM, SAME_DENOISING, mismatched_field
+from genmnist.models.ddpm import DDPM, SAME_DENOISING
 from genmnist.registry import MODELS
 
 MODEL_FOLDER, GUIDE_FOLDER = "model", "guide"
@@ -75,7 +75,7 @@ class Autoguided(GenerativeModel):
         for who, part in (("the model", self.model), ("the guide", self.guide)):
             if not isinstance(part, DDPM) or part.conditioning.num_labels:
                 raise ConfigError(f"autoguidance needs unconditional DDPMs: {who} is not one")
-        if problem := mismatched_field(self.model, self.guide, SAME_DENOISING):
+        if problem := self.model.config.first_difference(self.guide.config, SAME_DENOISING):
             raise ConfigError(f"the guide: {problem}")
 
     def denoiser(

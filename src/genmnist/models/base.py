@@ -109,9 +109,23 @@ class ModelConfig:
                 values[f.name] = tuple(value) if isinstance(value, list) else value
         return cls(**values)
 
+    def first_difference(self, other: ModelConfig, fields: Sequence[str]) -> str | None:
+        """The first of ``fields`` in which ``other`` differs from this config, worded for
+        an error message about ``other`` ("its channels (...) differs from the model's
+        (...)"), or None."""
+        for field in fields:
+            theirs, mine = getattr(other, field), getattr(self, field)
+            if _as_tuple(theirs) != _as_tuple(mine):  # a config built by hand may hold lists
+                return f"its {field} ({theirs!r}) differs from the model's ({mine!r})"
+        return None
+
     def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with some fields changed (unknown names raise `ConfigError`)."""
         return type(self).from_dict({**self.to_dict(), **overrides})
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _fits(value: Any, hint: Any) -> bool:

@@ -1,14 +1,10 @@
-"""Denoising diffusion: a U-Net denoiser trained on noised images, sampled by any
-registered sampler, guided by wrappers composed around its denoiser.
+"""Denoising diffusion: ``ddpm`` (unconditional, or conditioned on clusters it finds in its
+training images) and ``ddpm-cfg`` (class-conditional).
 
-Registered as ``ddpm`` (unconditional, or conditioned on clusters of its training images
-that it finds itself: `DDPMConfig.clusters`) and ``ddpm-cfg`` (class-conditional). Every
-part is named in `DDPMConfig` and looked up in a registry: the noise schedule
-(`SCHEDULES`), what the U-Net predicts (`OBJECTIVES`), the loss weighting
-(`DIFFUSION_WEIGHTINGS`) and the default sampler (`SAMPLERS`). What the U-Net is
-conditioned on is a `genmnist.conditioning` component; classifier-free guidance and its
-noise interval are `genmnist.diffusion.guidance` wrappers. Autoguidance by a second model
-is `genmnist.models.autoguided`; guidance distillation is a training task
+Every part is named in `DDPMConfig` and looked up in a registry (`SCHEDULES`,
+`OBJECTIVES`, `DIFFUSION_WEIGHTINGS`, `SAMPLERS`); the conditioning is a
+`genmnist.conditioning` component and guidance a `genmnist.diffusion.guidance` wrapper.
+Autoguidance is `genmnist.models.autoguided`, guidance distillation a training task
 (`genmnist.distillation`). Images are scaled to ``[-1, 1]`` inside.
 """
 
@@ -26,7 +22,6 @@ from genmnist.diffusion import (
     OBJECTIVES,
     SAMPLERS,
     SCHEDULES,
-    SPACINGS,
     Denoiser,
     classifier_free_guidance,
     limited_interval,
@@ -34,6 +29,7 @@ from genmnist.diffusion import (
     spaced_timesteps,
 )
 from genmnist.diffusion.guidance import check_interval, check_scale
+from genmnist.diffusion.samplers import check_spacing
 from genmnist.errors import CheckpointError, ConfigError
 from genmnist.losses import DIFFUSION_WEIGHTINGS, diffusion_mse
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
@@ -125,10 +121,7 @@ class DDPM(GenerativeModel):
         self.objective = OBJECTIVES.get(cfg.objective)
         self.weighting = DIFFUSION_WEIGHTINGS.get(cfg.loss_weighting)
         SAMPLERS.get(cfg.sampler)  # fail early on an unknown default sampler
-        if cfg.spacing not in SPACINGS:
-            raise ConfigError(
-                f"unknown step spacing '{cfg.spacing}' (choose from {', '.join(SPACINGS)})"
-            )
+        check_spacing(cfg.spacing)
         if not 0.0 <= cfg.label_dropout < 1.0:
             raise ConfigError("label_dropout must be in [0, 1)")
         check_scale(cfg.guidance_scale)
@@ -285,44 +278,16 @@ class DDPM(GenerativeModel):
         guidance_interval: tuple[float, float] | None = None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Sample one batch.
-
-        Args:
-            noise: Per-sample noise source.
-            labels: Class labels (conditional models).
-            sampler: Sampler name (default: the config's).
-            steps: Number of sampling steps (default: the config's).
-            spacing: Step spacing (default: the config's).
-            guidance: Classifier-free guidance scale (models that take guidance); 1 turns
-                it off.
-            guidance_interval: Log-SNR interval ``(low, high)`` where guidance applies.
-            callback: ``callback(i, x_t, x0_hat)`` after each step, images in ``[0, 1]``.
-        """
+        """Sample one batch from per-sample ``noise`` (``labels``: conditional models);
+        sampler, steps, spacing, guidance scale and interval default to the config's;
+        ``callback(i, x_t, x0_hat)`` sees each step, images in ``[0, 1]``."""
         cfg = self.config
         sample_fn = SAMPLERS.get(sampler or cfg.sampler)
-        timesteps = spaced_timesteps(
-            self.schedule.timesteps,
-            steps or cfg.sampling_steps,
-            spacing or cfg.spacing,
-            self.schedule,
-        )
+        steps, spacing = steps or cfg.sampling_steps, spacing or cfg.spacing
+        timesteps = spaced_timesteps(self.schedule.timesteps, steps, spacing, self.schedule)
         labels = self.conditioning.sampling_labels(noise, labels)
         denoise = self.denoiser(labels, guidance, guidance_interval)
         return sample_images(sample_fn, denoise, noise, self.schedule, timesteps, callback)
-
-
-def mismatched_field(model: DDPM, other: DDPM, fields: tuple[str, ...]) -> str | None:
-    """The first config field in ``fields`` where two DDPMs differ, worded for an error
-    message, or None."""
-    for field in fields:
-        theirs, mine = getattr(other.config, field), getattr(model.config, field)
-        if _as_tuple(theirs) != _as_tuple(mine):  # a config built by hand may hold lists
-            return f"its {field} ({theirs!r}) differs from the model's ({mine!r})"
-    return None
-
-
-def _as_tuple(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 MODELS.register(
