@@ -109,12 +109,8 @@ def isolated_model_registry(monkeypatch: pytest.MonkeyPatch):
 
     importlib.import_module("genmnist.models")  # built-ins registered before the snapshot
     monkeypatch.setenv("GENMNIST_DISABLE_PLUGINS", "1")
-    saved = (dict(MODELS._entries), dict(MODELS._broken), MODELS._plugins_loaded)
-    saved_builtins = MODELS._builtins
-    yield
-    MODELS._entries, MODELS._broken = saved[0], saved[1]
-    MODELS._plugins_loaded = saved[2]
-    MODELS._builtins = saved_builtins
+    with MODELS.isolated():
+        yield
 
 
 class FakeDist:
@@ -155,7 +151,7 @@ def plugin_registry(monkeypatch: pytest.MonkeyPatch):
 
         monkeypatch.delenv("GENMNIST_DISABLE_PLUGINS", raising=False)
         monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-        MODELS._plugins_loaded = False
+        MODELS.rediscover_plugins()
         return MODELS
 
     return install

@@ -250,3 +250,15 @@ def test_plugin_model_is_usable_through_create_model(plugin_registry, fake_entry
     assert isinstance(model, PluginVAE)
     assert model.name == "plugin-vae"
     assert model.sample(2, seed=0).shape == (2, 1, 28, 28)
+
+
+def test_isolated_undoes_registrations_and_rediscovery_keeps_builtins():
+    reg = Registry("thing")
+    reg.register("kept", int)
+    with reg.isolated():
+        reg.register("temporary", float)
+        assert "temporary" in reg
+    assert reg.list() == ["kept"]
+    reg.register("manual", str, source="plugin 'x'")
+    reg.rediscover_plugins()  # plugin entries go; built-ins stay
+    assert reg.list() == ["kept"]

@@ -22,6 +22,7 @@ import importlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -153,6 +154,25 @@ class Registry(Generic[T]):
         """Names that cannot be used, with the reason (broken or clashing plugins)."""
         self._load_plugins()
         return dict(self._broken)
+
+    @contextmanager
+    def isolated(self) -> Iterator[Registry[T]]:
+        """Undo, when the block ends, every registration made in it and any plugin
+        discovery (for tests, and for code that registers temporary entries)."""
+        saved = (dict(self._entries), dict(self._broken), self._plugins_loaded, self._builtins)
+        try:
+            yield self
+        finally:
+            self._entries, self._broken = dict(saved[0]), dict(saved[1])
+            self._plugins_loaded, self._builtins = saved[2], saved[3]
+
+    def rediscover_plugins(self) -> None:
+        """Discover the entry-point plugins again at the next query (after a package was
+        installed or removed in a running process); built-ins and manual registrations
+        stay."""
+        self._entries = {n: e for n, e in self._entries.items() if e.source == BUILTIN_SOURCE}
+        self._broken = {}
+        self._plugins_loaded = self._entry_point_group is None
 
     def __contains__(self, name: object) -> bool:
         self._load_plugins()
