@@ -144,7 +144,7 @@ def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_run(
     resume = [*common, "--out", run, "--resume"]
 
     # 1. killed while writing the very first checkpoint: nothing to resume yet, and a
-    #    fresh run into the folder works (the half-written temporary file is ignored)
+    #    fresh run into the folder (which holds the killed run's config) needs --overwrite
     _killed_at_write(fresh, "mid-write:1")
     assert not (run / CHECKPOINT_FILE).exists()
     assert len(temp_files(run)) == 1
@@ -152,10 +152,15 @@ def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_run(
     assert code == 1
     assert_one_line_error(err, "nothing to resume")
 
-    # 2. killed half-way through writing checkpoint 5: checkpoint 4 stays whole
-    _killed_at_write(fresh, "mid-write:5")
+    code, _, err = run_cli(*fresh)
+    assert code == 1
+    assert_one_line_error(err, "already holds a model", "--overwrite")
+
+    # 2. killed half-way through writing checkpoint 5: checkpoint 4 stays whole (the
+    #    temporary file of the first kill was removed when this run started)
+    _killed_at_write([*fresh, "--overwrite"], "mid-write:5")
     assert assert_run_is_whole(run, 4) == 4
-    assert len(temp_files(run)) == 2
+    assert len(temp_files(run)) == 1
 
     # 3. killed after checkpoint.safetensors of step 7, before its model.safetensors
     _killed_at_write(resume, "between-files:3")
@@ -168,9 +173,10 @@ def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_run(
         step = assert_run_is_whole(run, step)
     assert step < STEPS
 
-    # 5. the last --resume finishes, ignoring the leftover temporary files...
+    # 5. the last --resume finishes, removing the leftover temporary files...
     code, _, err = run_cli(*resume)
     assert code == 0, err
+    assert temp_files(run) == []
     assert f"at step {step}" in err and f"Done: {STEPS} steps" in err
     steps = [json.loads(line)["step"] for line in (run / METRICS_FILE).read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS

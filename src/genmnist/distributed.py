@@ -209,7 +209,8 @@ def launch(nproc: int, args: list[str]) -> int:
     SIGINT and SIGTERM are passed on to torchrun, which passes them to every process, so
     Ctrl-C checkpoints and stops the run as it does for one process; the exit code is
     then 130. A process that fails gives its own exit code (1 for an error, see
-    `torchrun`).
+    `torchrun`). If this process dies, even by SIGKILL, torchrun and its workers get
+    SIGTERM (see `die_with_launcher`): none is left training on its own.
     """
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
@@ -219,6 +220,7 @@ def launch(nproc: int, args: list[str]) -> int:
     ]  # fmt: skip
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
+    env[PARENT_PID] = str(os.getpid())  # torchrun stops when this process dies, even by SIGKILL
     # A session of its own, so a terminal's Ctrl-C reaches torchrun once (through us).
     process = subprocess.Popen(command, env=env, start_new_session=True)
     received: list[int] = []
@@ -247,6 +249,33 @@ def launch(nproc: int, args: list[str]) -> int:
     return code
 
 
+#: Environment variable naming the process whose death stops this one (see `die_with_launcher`).
+PARENT_PID = "GENMNIST_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_launcher(signum: int = signal.SIGTERM) -> bool:
+    """Have the kernel send ``signum`` to this process when the process that started it
+    dies, however it dies (SIGKILL too), so no torchrun or worker is left training on
+    its own: SIGTERM checkpoints and stops a training as Ctrl-C does. Linux only (returns
+    False elsewhere). When the launcher named by ``GENMNIST_PARENT_PID`` is already gone,
+    this process stops at once."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    expected = os.environ.get(PARENT_PID, "")
+    if expected.isdigit() and os.getppid() != int(expected):  # it died before the prctl
+        signal.raise_signal(signum)
+    return True
+
+
 def torchrun(argv: list[str]) -> int:
     """torchrun's command line (``python -m torch.distributed.run ARGS``), returning an exit
     code instead of raising: 130 when stopped by SIGINT/SIGTERM, else the exit code of the
@@ -256,6 +285,8 @@ def torchrun(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    die_with_launcher()  # `launch` is its parent
+    os.environ[PARENT_PID] = str(os.getpid())  # and it is its workers'
     try:
         run(parse_args(argv))
     except SignalException:

@@ -2,14 +2,21 @@
 
 Nothing here unpickles. Writes are atomic (a temporary file in the same folder, flushed
 to disk, then renamed over the target), so a crash never leaves a half-written file under
-the real name; a leftover ``*.tmp`` file is simply ignored by readers.
+the real name; a leftover ``*.tmp`` file is simply ignored by readers (and a training
+removes those of its run folder when it starts). Only regular files are ever replaced:
+see `atomic_write`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import re
+import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,30 +24,114 @@ from typing import Any
 
 import torch
 
-from genmnist.errors import CheckpointError
+from genmnist.errors import CheckpointError, GenmnistError
 
 _LFS_POINTER = b"version https://git-lfs"
+
+
+#: How `atomic_write` names its temporary files: ``.NAME.XXXXXXXX.tmp`` next to ``NAME``
+#: (``XXXXXXXX``: `tempfile.mkstemp`'s random part).
+_TEMP_NAME = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
+
+
+def is_temp_file_of(candidate: str, name: str) -> bool:
+    """Whether the file name ``candidate`` is a temporary file `atomic_write` made (and a
+    killed process may have left) while writing a file called ``name``."""
+    return re.fullmatch(_TEMP_NAME.format(name=re.escape(name)), candidate) is not None
+
+
+def check_output(path: str | os.PathLike[str]) -> Path:
+    """Where `atomic_write` would write ``path``, or a one-line `GenmnistError` if it
+    would not write there; commands call it before the work, to fail early.
+
+    * a new path, or a regular file: ``path`` itself (replaced atomically);
+    * a symbolic link to a regular file: the file it points to, replaced atomically
+      (the link stays a link);
+    * a character device (``/dev/null``) or a FIFO, directly or through a link: ``path``,
+      written through with a plain write, never replaced;
+    * a folder, a socket, a block device or a dangling symbolic link: refused.
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)  # follows symbolic links
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise GenmnistError(
+                f"{path} is a symbolic link to a missing file; not writing through it"
+            ) from None
+        return path
+    except OSError:  # not a folder on the way, no permission...: the write will say
+        return path
+    mode = info.st_mode
+    if stat.S_ISREG(mode):
+        return Path(os.path.realpath(path)) if path.is_symlink() else path
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return path
+    kind = (
+        "a folder" if stat.S_ISDIR(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "a block device" if stat.S_ISBLK(mode)
+        else "not a regular file"
+    )  # fmt: skip
+    hint = "; give a file name" if stat.S_ISDIR(mode) else "; not writing over it"
+    raise GenmnistError(f"{path} is {kind}{hint}")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and atomically move the result to ``path``.
 
     The parent folder is created if needed. If ``write`` fails, ``path`` is untouched.
+    Only a regular file or a new path is ever replaced, and a replaced file keeps its
+    permission bits (new files get the umask's); a symbolic link to a regular file
+    has its target replaced; a character device or FIFO is written through, never
+    replaced; anything else is refused with a `GenmnistError` (see `check_output`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    target = check_output(path)
+    try:
+        info = os.stat(target)
+    except OSError:
+        info = None
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        return _write_through(path, info, write)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use normal permissions
+        if info is None:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use normal permissions
+        else:  # the file it replaces keeps its permissions (and owner, where allowed)
+            os.chmod(tmp, stat.S_IMODE(info.st_mode))
+            if (info.st_uid, info.st_gid) != (os.getuid(), os.getgid()):
+                with contextlib.suppress(OSError):
+                    os.chown(tmp, info.st_uid, info.st_gid)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def _write_through(path: Path, info: os.stat_result, write: Callable[[Path], None]) -> Path:
+    """Write into a character device or FIFO with a plain write (it is never replaced):
+    ``write`` fills a private temporary file, whose bytes are then copied over."""
+    with tempfile.TemporaryDirectory(prefix="genmnist-") as folder:
+        tmp = Path(folder) / path.name
+        write(tmp)
+        flags = os.O_WRONLY | (os.O_NONBLOCK if stat.S_ISFIFO(info.st_mode) else 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a FIFO with no reader: do not wait forever
+                raise GenmnistError(f"{path} is a FIFO that no process reads") from None
+            raise
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "wb") as out, open(tmp, "rb") as data:
+            shutil.copyfileobj(data, out)
     return path
 
 

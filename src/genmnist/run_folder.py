@@ -19,6 +19,8 @@ log, the curves, and the questions the command line asks of a folder (`holds_run
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -33,6 +35,7 @@ from genmnist.errors import CheckpointError, GenmnistError, TrainingError
 from genmnist.io import (
     atomic_write,
     flatten_state,
+    is_temp_file_of,
     load_tensors,
     read_json,
     save_tensors,
@@ -47,6 +50,10 @@ WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "loss.png"
+#: The files a training writes, all written by name here.
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVE_FILE)
+#: The lock a training holds on its folder while it writes it (see `lock_run`).
+LOCK_FILE = ".genmnist.lock"
 #: Version of the checkpoint layout; a checkpoint of another version is refused.
 CHECKPOINT_VERSION = 1
 #: Metadata key of the checkpoint's JSON header in the safetensors file.
@@ -66,13 +73,126 @@ def holds_run(folder: PathLike) -> bool:
     return (Path(folder) / CHECKPOINT_FILE).is_file()
 
 
-def check_fresh(folder: PathLike, resume: bool) -> None:
-    """`CheckpointError` when a new run (not ``resume``) would write over a run already in
-    ``folder``: a typo must not overwrite a day of training."""
-    if not resume and holds_run(folder):
-        raise CheckpointError(
-            f"{folder} already holds a run; pass --resume to continue it or choose another --out"
-        )
+def check_fresh(folder: PathLike, resume: bool, overwrite: bool = False) -> None:
+    """`CheckpointError` when a new run (not ``resume``) would write into a folder that is
+    not empty: a run, an exported model or any other file there is not this run's, and a
+    typo must not overwrite a day of training. ``overwrite`` says the user means it. The
+    lock file and temporary files a killed training left do not count."""
+    folder = Path(folder)
+    if resume or overwrite or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder; choose another --out")
+    try:
+        entries = [name for name in os.listdir(folder) if not _leftover(name)]
+    except OSError as exc:
+        raise CheckpointError(f"{folder}: cannot read ({exc.strerror or exc})") from None
+    if not entries:
+        return
+    if holds_run(folder):
+        what, resume_hint = "a run", "--resume to continue it, "
+    elif holds_model(folder):
+        what, resume_hint = "a model", ""
+    else:
+        what, resume_hint = f"other files ({', '.join(sorted(entries)[:3])}...)", ""
+        if len(entries) <= 3:
+            what = f"other files ({', '.join(sorted(entries))})"
+    raise CheckpointError(
+        f"{folder} already holds {what}; pass {resume_hint}--overwrite to replace it, "
+        "or choose another --out"
+    )
+
+
+def _leftover(name: str) -> bool:
+    """A file a (killed) training leaves behind that is no part of a run: its lock file or
+    a temporary file of one of the run's files."""
+    return name == LOCK_FILE or any(is_temp_file_of(name, file) for file in RUN_FILES)
+
+
+def remove_leftovers(folder: PathLike) -> list[Path]:
+    """Delete the temporary files that trainings killed while writing left in ``folder``
+    (only names `atomic_write` gives the run's files); returns them. Call it only while
+    holding the folder's `lock_run`, so no live writer's file is taken."""
+    removed = []
+    for name in os.listdir(folder):
+        path = Path(folder) / name
+        if name != LOCK_FILE and _leftover(name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+class RunLock:
+    """The advisory lock (`fcntl.flock`) a training holds on its run folder; see
+    `lock_run`. The kernel drops it when the process dies, so a killed training never
+    blocks the next one."""
+
+    def __init__(self, folder: Path, path: Path, fd: int, created: bool) -> None:
+        self.folder, self.path, self._fd, self._created = folder, path, fd, created
+
+    def release(self) -> None:
+        """Remove the lock file and let go (idempotent). A folder the lock created is
+        removed too if the run wrote nothing into it."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # before the unlock, so no one locks a stale file
+        os.close(self._fd)
+        self._fd = None
+        if self._created:
+            with contextlib.suppress(OSError):  # not empty: the run's files stay
+                self.folder.rmdir()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_run(folder: PathLike) -> RunLock:
+    """Take the run folder ``folder`` (created if needed) for one training: a second
+    training into it fails at once with a `CheckpointError` naming it, until this one
+    ends (or dies). Where `fcntl` is missing (not POSIX), nothing is locked."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return RunLock(folder, path, os.open(os.devnull, os.O_RDONLY), False)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise CheckpointError(
+                    f"{folder}: cannot lock the run folder ({exc.strerror or exc})"
+                ) from None
+            holder = _lock_holder(path)
+            raise CheckpointError(
+                f"{folder} is in use by another training{holder}; wait for it to end or "
+                "choose another --out"
+            ) from None
+        try:  # the file may have been removed by the holder that just let go: lock anew
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return RunLock(folder, path, fd, created)
+        os.close(fd)
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        pid = int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return ""
+    return f" (process {pid})"
 
 
 def holds_metrics(folder: PathLike) -> bool:
@@ -140,9 +260,14 @@ def weights_path(folder: PathLike) -> Path:
 
 # ---------------------------------------------------------------------- metrics log
 def start_metrics(folder: PathLike) -> None:
-    """Begin a fresh run in ``folder``: create it and drop the log of an earlier run."""
+    """Begin a fresh run in ``folder``: create it and drop the files of an earlier run
+    (there are some only when the user asked to overwrite it; see `check_fresh`), so
+    the folder never mixes two runs."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    (Path(folder) / METRICS_FILE).unlink(missing_ok=True)
+    for name in RUN_FILES:
+        path = Path(folder) / name
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
 
 
 def append_metrics(folder: PathLike, record: dict[str, Any]) -> None:

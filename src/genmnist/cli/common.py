@@ -229,6 +229,20 @@ def check_writable(folder: Path, option: str) -> None:
         raise GenmnistError(f"{option}: cannot write under {folder}: {existing} is read-only")
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """Fail early, in one line, if the output file ``path`` would not be written: a
+    folder, a socket, a dangling link... (see `genmnist.io.check_output`), or no write
+    permission where it would go."""
+    from genmnist.io import check_output
+
+    try:
+        target = check_output(path)
+    except GenmnistError as exc:
+        raise GenmnistError(f"{option}: {exc}") from None
+    if not target.exists() or target.is_file():  # not written through a device or FIFO
+        check_writable(target.parent, option)
+
+
 def os_reason(exc: OSError) -> str:
     """An `OSError` in a few words: its reason and the file it is about."""
     reason = exc.strerror or str(exc) or type(exc).__name__

@@ -25,6 +25,7 @@ from genmnist.cli.common import (
     TemperatureOption,
     UsageProblem,
     check_dataset,
+    check_output_file,
     console,
     err_console,
     resolve_model,
@@ -116,6 +117,8 @@ def eval_command(
     """Evaluate a model: FID/KID/precision/recall with their real-data floor, IS,
     acceptability, class coverage, VAE and efficiency metrics."""
     check_dataset(dataset)
+    if output is not None:
+        check_output_file(output, "--output")
     err = err_console()
     model, run_dir, _ = resolve_model(name, checkpoint, dataset)
     options = sampling_options(

@@ -19,7 +19,7 @@ from genmnist.cli.common import (
     TemperatureOption,
     UsageProblem,
     check_dataset,
-    check_writable,
+    check_output_file,
     console,
     os_reason,
     resolve_model,
@@ -68,10 +68,8 @@ def sample(
     if fmt not in OUTPUT_FORMATS:
         raise _unknown_format(fmt, OUTPUT_FORMATS)
     for option, target in (("--output", output), ("--gif", gif)):
-        if target is not None and target.is_dir():
-            raise GenmnistError(f"{option}: {target} is a folder; give a file name")
         if target is not None:
-            check_writable(target.parent, option)
+            check_output_file(target, option)
     import random
 
     from genmnist.viz import save_samples

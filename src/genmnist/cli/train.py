@@ -36,6 +36,13 @@ def train(
         Path | None, typer.Option(help="JSON file of config fields to override.")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Start a new run in --out even if it is not empty, replacing the run or "
+            "model there (without it, a new run refuses a folder that is not empty)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the run.")] = 42,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 200,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: auto).")] = None,
@@ -48,10 +55,17 @@ def train(
     """Train a model: writes config.json, model.safetensors, checkpoints, metrics, loss plot."""
     check_dataset(dataset)
     model_entry(name)
-    if nproc is not None and nproc > 1:
-        raise typer.Exit(_launch_torchrun(ctx, nproc))
+    if resume and overwrite:
+        raise UsageProblem("--resume continues the run in --out, --overwrite replaces it: pick one")
     out = out or Path("runs") / name
     check_writable(out, "--out")
+    from genmnist import distributed, run_folder
+
+    run_folder.check_fresh(out, resume, overwrite)  # early; the trainer checks it under lock
+    if nproc is not None and nproc > 1:
+        raise typer.Exit(_launch_torchrun(ctx, nproc))
+    if distributed.environment().distributed:
+        distributed.die_with_launcher()  # a torchrun worker stops when torchrun goes
     from genmnist.models import create_model
     from genmnist.training import Trainer, TrainingInterrupted, TrainingTask, TrainOptions
 
@@ -76,6 +90,7 @@ def train(
         data_dir=str(data_dir) if data_dir is not None else None,
         seed=seed,
         resume=resume,
+        overwrite=overwrite,
         checkpoint_every=checkpoint_every,
         device=device,
         progress=not quiet and sys.stderr.isatty(),

@@ -138,9 +138,13 @@ class Trainer:
                 `Trainer`), or a batch size that the number of processes does not divide.
         """
         created_group = distributed.setup(self.device)
+        self._lock: run_folder.RunLock | None = None
         try:
             return self._fit()
         finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
             if created_group:
                 # Free DDP's reducer (it holds the group and threads) before the group goes:
                 # destroying the group under a live reducer can abort the process at exit.
@@ -153,7 +157,7 @@ class Trainer:
         self.world_size, self.rank = env.world_size, env.rank
         self.console.rank = self.rank
         torch.manual_seed(self.options.seed)
-        agreed(lambda: run_folder.check_fresh(self.out, self.options.resume), self.device)
+        agreed(self._claim_folder, self.device)
         self._load_data()
         plan = agreed(self._setup, self.device)
         if self.world_size > 1:
@@ -192,6 +196,23 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ before the loop
+    def _claim_folder(self) -> None:
+        """Rank 0 (the one process that writes) locks the run folder for the whole run,
+        checks that a new run may write there, and removes the temporary files killed
+        trainings left in it."""
+        if self.options.resume and self.options.overwrite:
+            raise ConfigError("resume and overwrite exclude each other")
+        if self.rank != 0:
+            return
+        lock = run_folder.lock_run(self.out)
+        try:
+            run_folder.check_fresh(self.out, self.options.resume, self.options.overwrite)
+            run_folder.remove_leftovers(self.out)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+
     def _load_data(self) -> None:
         if self.dataset is None:
             opts = self.options

@@ -21,6 +21,8 @@ class TrainOptions:
         data_dir: Data root (default: ``GENMNIST_DATA`` or the user cache).
         seed: Seed of everything random in the run.
         resume: Continue the run in ``out``; an error if there is none.
+        overwrite: Start a new run in ``out`` even if it is not empty, replacing the run
+            or model there (without it, a new run refuses a folder that is not empty).
         checkpoint_every: Steps between checkpoints (also written at the end of each epoch
             and when the run is interrupted).
         log_every: Steps between metrics records.
@@ -36,6 +38,7 @@ class TrainOptions:
     data_dir: str | None = None
     seed: int = 42
     resume: bool = False
+    overwrite: bool = False
     checkpoint_every: int = 200
     log_every: int = 50
     device: str | None = None
