@@ -16,6 +16,8 @@ train() {  # train MODEL OUT RECIPE [extra flags...]
   local model=$1 out=$2 recipe=$3; shift 3
   if [ -f "$out/checkpoint.safetensors" ]; then
     genmnist train "$model" --dataset "$dataset" --out "$out" --resume --quiet "$@"
+  elif [ -d "$out" ]; then  # a run stopped before its first checkpoint: start it again
+    genmnist train "$model" --dataset "$dataset" --out "$out" --config "$recipe" --quiet --overwrite "$@"
   else
     genmnist train "$model" --dataset "$dataset" --out "$out" --config "$recipe" --quiet "$@"
   fi
