@@ -149,6 +149,20 @@ class RunLock:
         self.release()
 
 
+def claim_run(folder: PathLike, resume: bool, overwrite: bool) -> RunLock:
+    """Lock ``folder`` for a training that writes it, check that the run may write there
+    (`check_fresh`) and remove the temporary files of killed trainings (`remove_leftovers`);
+    returns the held lock (released again if a check fails)."""
+    lock = lock_run(folder)
+    try:
+        check_fresh(folder, resume, overwrite)
+        remove_leftovers(folder)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def lock_run(folder: PathLike) -> RunLock:
     """Take the run folder ``folder`` (created if needed) for one training: a second
     training into it fails at once with a `CheckpointError` naming it, until this one

@@ -173,16 +173,7 @@ class Trainer:
         distributed.broadcast_(self.model.buffers())
         distributed.barrier()  # the files of rank 0 are complete when every process returns
         seconds = time.perf_counter() - started
-        result = TrainResult(
-            step=step,
-            epoch=step // plan.batches_per_epoch,
-            seconds=seconds,
-            images_per_second=(step - plan.step) * plan.batch_size / max(seconds, 1e-9),
-            last_metrics=metrics,
-            interrupted=interrupted,
-            resumed_from=plan.resumed_from,
-            world_size=self.world_size,
-        )
+        result = _result(plan, step, seconds, metrics, interrupted, self.world_size)
         if interrupted:
             error = TrainingInterrupted(
                 f"interrupted at step {step:,}; checkpoint saved in {self.out}; "
@@ -202,16 +193,8 @@ class Trainer:
         trainings left in it."""
         if self.options.resume and self.options.overwrite:
             raise ConfigError("resume and overwrite exclude each other")
-        if self.rank != 0:
-            return
-        lock = run_folder.lock_run(self.out)
-        try:
-            run_folder.check_fresh(self.out, self.options.resume, self.options.overwrite)
-            run_folder.remove_leftovers(self.out)
-        except BaseException:
-            lock.release()
-            raise
-        self._lock = lock
+        if self.rank == 0:
+            self._lock = run_folder.claim_run(self.out, self.options.resume, self.options.overwrite)
 
     def _load_data(self) -> None:
         if self.dataset is None:
@@ -406,6 +389,19 @@ def _checkpoint(trainer: Trainer, step: int) -> tuple[dict[str, Any], run_folder
         rng=torch.get_rng_state(),
     )
     return header, state
+
+
+def _result(plan: _Plan, step: int, seconds: float, metrics, interrupted, world_size):
+    return TrainResult(
+        step=step,
+        epoch=step // plan.batches_per_epoch,
+        seconds=seconds,
+        images_per_second=(step - plan.step) * plan.batch_size / max(seconds, 1e-9),
+        last_metrics=metrics,
+        interrupted=interrupted,
+        resumed_from=plan.resumed_from,
+        world_size=world_size,
+    )
 
 
 def _announcement(trainer: Trainer, plan: _Plan) -> str:
