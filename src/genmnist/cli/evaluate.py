@@ -219,9 +219,7 @@ def compare_command(
             curves[label] = [
                 (float(r["step"]), float(r[key]))
                 for r in records
-                if key is not None
-                and isinstance(r.get(key), int | float)
-                and math.isfinite(r[key])
+                if key is not None and isinstance(r.get(key), int | float) and math.isfinite(r[key])
             ]
     for message in sorted({m for r in results for m in r.get("warnings", [])}):
         err.print(f"[yellow]warning[/]: {message}")
@@ -263,8 +261,10 @@ _RESULT_FIELDS: dict[str, tuple[str, Any]] = {
         "a list of numbers",
         lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
     ),
-    "warnings": ("a list of strings", lambda v: isinstance(v, list) and all(
-        isinstance(x, str) for x in v)),  # fmt: skip
+    "warnings": (
+        "a list of strings",
+        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    ),  # fmt: skip
 }
 
 

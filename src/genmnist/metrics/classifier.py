@@ -268,9 +268,7 @@ def read_evaluator(directory: str | os.PathLike[str]) -> EvaluatorNet:
     try:
         model = EvaluatorNet(EvaluatorConfig.from_dict(config))
         own = model.state_dict()
-        if set(tensors) != set(own) or any(
-            tensors[k].shape != own[k].shape for k in own
-        ):
+        if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
             raise CheckpointError(f"{directory / WEIGHTS_FILE}: weights do not match the config")
         cast = {k: v.to(own[k].dtype) for k, v in tensors.items()}
         if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in cast.values()):

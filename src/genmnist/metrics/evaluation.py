@@ -286,7 +286,6 @@ def evaluate(
     """
     from genmnist.metrics import efficiency
     from genmnist.metrics.vae import has_encoder, vae_metrics
-
     from genmnist.models.base import check_sample_count
 
     say = log or (lambda message: None)

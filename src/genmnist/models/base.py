@@ -67,6 +67,7 @@ def check_finite_images(images: torch.Tensor) -> None:
     if not bool(torch.isfinite(images).all()):
         raise SamplingError(NONFINITE_MESSAGE)
 
+
 M = TypeVar("M", bound="GenerativeModel")
 
 

@@ -113,7 +113,7 @@ def _check_weights_file(name: str, config: dict[str, Any], path: Path) -> None:
     unexpected = sorted(set(saved) - set(own))
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not match the config "
+            f"{path}: weights do not match the config in {path.parent / CONFIG_FILE} "
             f"(missing: {', '.join(missing[:5]) or 'none'}; "
             f"unexpected: {', '.join(unexpected[:5]) or 'none'})"
         )
@@ -121,7 +121,7 @@ def _check_weights_file(name: str, config: dict[str, Any], path: Path) -> None:
         if tuple(value.shape) != tuple(own[key].shape):
             raise CheckpointError(
                 f"{path}: tensor '{key}' has shape {tuple(value.shape)}, "
-                f"the config needs {tuple(own[key].shape)}"
+                f"the config in {path.parent / CONFIG_FILE} needs {tuple(own[key].shape)}"
             )
 
 
@@ -201,6 +201,10 @@ def saved_config(folder: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
     """
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
+    from genmnist.io import file_problem
+
+    if os.path.lexists(config_path) and (problem := file_problem(config_path)):
+        raise CheckpointError(f"{config_path}: {problem}")  # a folder, a FIFO...
     if not config_path.is_file():
         raise CheckpointError(f"{folder}: no {CONFIG_FILE} here; is this a genmnist checkpoint?")
     from genmnist.io import read_json
