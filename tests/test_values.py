@@ -81,11 +81,22 @@ def test_nonfinite_samples_are_never_returned(monkeypatch):
         model.sample(4, seed=0)
 
 
-def test_cli_never_writes_nonfinite_samples(run_cli, assert_one_line_error, tmp_path):
+def test_cli_never_writes_nonfinite_samples(run_cli, assert_one_line_error, tmp_path, monkeypatch):
     out = tmp_path / "x.npy"
+    model = small_vae()
+    model.save_pretrained(tmp_path / "m")
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            type(model),
+            "generate",
+            lambda self, noise, labels: torch.full((len(noise), 1, 28, 28), math.nan),
+        )
+        code, _, err = run_cli("sample", tmp_path / "m", "-n", 4, "-o", out)
+        assert code == 1 and not out.exists()
+        assert_one_line_error(err, "sampling produced NaN or inf values")
     code, _, err = run_cli("sample", "vae-mlp", "-n", 4, "--temperature", "1e300", "-o", out)
-    assert code == 1 and not out.exists()
-    assert_one_line_error(err, "sampling produced NaN or inf values")
+    assert code == 2 and not out.exists()
+    assert_one_line_error(err, "temperature must be at most 100")
     code, _, err = run_cli("sample", "ddpm-cfg", "-n", 4, "--guidance", "1e30", "-o", out)
     assert code == 2 and not out.exists()
     assert_one_line_error(err, "guidance scale must be in -1000..1000")
