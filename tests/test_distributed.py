@@ -247,6 +247,8 @@ def test_environment_and_device(monkeypatch):
     env = distributed.environment()
     assert env == distributed.Environment(4, 3, 1, 2) and env.distributed
     assert not distributed.is_main()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a 2-GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert distributed.pick_device("cuda") == torch.device("cuda", 1)  # one GPU per process
     assert distributed.pick_device("cuda:0") == torch.device("cuda", 0)
     monkeypatch.setenv("RANK", "4")

@@ -126,7 +126,7 @@ def test_load_tensors_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="nothing.safetensors: file not found"):
         load_tensors(tmp_path / "nothing.safetensors")
     (tmp_path / "folder.safetensors").mkdir()
-    with pytest.raises(CheckpointError, match="file not found"):
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
         load_tensors(tmp_path / "folder.safetensors")
 
 

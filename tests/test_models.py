@@ -436,8 +436,8 @@ def test_interpolate_latents_errors():
 @pytest.mark.parametrize(
     "field, value, expected",
     [
-        ("beta", "x", "must be a number"),
-        ("beta", True, "must be a number"),
+        ("beta", "x", "must be a finite number"),
+        ("beta", True, "must be a finite number"),
         ("kl_warmup_steps", 1.5, "must be an integer"),
         ("num_classes", True, "must be an integer"),
         ("hidden_dims", [16, "a"], "tuple[int, ...]"),

@@ -106,6 +106,11 @@ def load_dataset(
     prefix = "train" if split == "train" else "t10k"
     images_path = raw / f"{prefix}-images-idx3-ubyte"
     labels_path = raw / f"{prefix}-labels-idx1-ubyte"
+    from genmnist.io import file_problem
+
+    for f in RAW_FILES:  # there, but not a file: downloading would not help
+        if os.path.lexists(raw / f) and (problem := file_problem(raw / f)):
+            raise DataError(f"{raw / f}: {problem}")
     if not all((raw / f).is_file() for f in RAW_FILES):
         if not download:
             raise DataError(_missing_message(name, raw, "download disabled"))
@@ -156,7 +161,11 @@ def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
     Raises:
         DataError: naming the file, if it cannot be read or is not such an IDX file.
     """
+    from genmnist.io import file_problem
+
     path = Path(path)
+    if problem := file_problem(path):  # a folder or a FIFO (which would block) is no IDX file
+        raise DataError(f"{path}: {problem}")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

@@ -101,10 +101,44 @@ def pick_device(requested: str | None = None) -> torch.device:
     else the CPU. Under torchrun a CUDA device without an index becomes
     ``cuda:LOCAL_RANK``, one GPU per process.
     """
-    device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device(requested) if requested else None
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = environment()
     if device.type == "cuda" and device.index is None and env.distributed:
         device = torch.device("cuda", env.local_rank)
+    return device
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` as a device this machine has, for training.
+
+    Raises:
+        ConfigError: for a name torch does not know (``quantum``), a kind genmnist does not
+            train on (``meta``), or a device this machine lacks (``cuda`` without a GPU,
+            ``cuda:99`` with two).
+    """
+    from genmnist.errors import ConfigError
+
+    usage = "use cpu, cuda, cuda:N or mps"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"--device: unknown device '{name}'; {usage}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device: '{name}' asks for CUDA, but no CUDA GPU is available")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"--device: no GPU {device.index} here (this machine has {count}: "
+                f"cuda:0..cuda:{count - 1})"
+            )
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"--device: '{name}' asks for MPS, which is not available here")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device: genmnist does not train on '{device.type}'; {usage}")
     return device
 
 

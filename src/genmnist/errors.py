@@ -33,3 +33,8 @@ class DataError(GenmnistError):
 
 class TrainingError(GenmnistError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class SamplingError(GenmnistError):
+    """Sampling produced unusable images (NaN or inf values), which are never written or
+    scored."""

@@ -27,6 +27,27 @@ import torch
 from genmnist.errors import CheckpointError, GenmnistError
 
 _LFS_POINTER = b"version https://git-lfs"
+#: Largest JSON file `read_json` reads (configs, cards, results are a few kB).
+MAX_JSON_BYTES = 8 * 2**20
+
+
+def file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as a regular file, in a few words, or None if it can:
+    ``file not found``, ``is a folder, not a file``, ``is a FIFO, not a regular file``...
+    (so nothing blocks on a FIFO or reads a device)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "a device")
+    return f"is {kind}, not a regular file"
 
 
 #: How `atomic_write` names its temporary files: ``.NAME.XXXXXXXX.tmp`` next to ``NAME``
@@ -164,12 +185,21 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file, raising `CheckpointError` with the file name on failure."""
     path = Path(path)
+    if problem := file_problem(path):
+        raise CheckpointError(f"{path}: {problem}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise CheckpointError(
+                f"{path}: too large for a genmnist JSON file (over {MAX_JSON_BYTES // 2**20} MB)"
+            )
+        return json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+        reason = str(exc).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: not valid JSON ({reason})") from None
     except RecursionError:
         raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
     except OSError as exc:  # a folder, no permission, ...
@@ -204,8 +234,8 @@ def load_tensors(
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
+    if problem := file_problem(path):
+        raise CheckpointError(f"{path}: {problem}")
     try:
         with open(path, "rb") as f:
             head = f.read(len(_LFS_POINTER))

@@ -291,42 +291,71 @@ def append_metrics(folder: PathLike, record: dict[str, Any]) -> None:
 
 
 def trim_metrics(folder: PathLike, step: int) -> None:
-    """Drop records past ``step`` (written after the last checkpoint of a stopped run),
-    atomically."""
+    """Drop records past ``step`` (written after the last checkpoint of a stopped run) and
+    unreadable lines, atomically.
+
+    Raises:
+        CheckpointError: if the log is not a readable text file (see `read_metrics`).
+    """
     path = Path(folder) / METRICS_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return
     kept = [
         line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and _record_step(line) <= step
+        for line in _metrics_lines(path)
+        if (record := parse_metrics_line(line)) is not None and record["step"] <= step
     ]
     text = "".join(line + "\n" for line in kept)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def parse_metrics_line(line: str) -> dict[str, Any] | None:
+    """One line of ``metrics.jsonl`` as a record: a JSON object whose ``step`` is a finite
+    number; None for anything else (a line torn by a killed run, junk)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
+        return None
+    return record
+
+
+def _metrics_lines(path: Path) -> list[str]:
+    """The lines of a metrics log; `CheckpointError` naming the file if it is not a
+    readable UTF-8 text file (a folder, a FIFO, binary junk)."""
+    from genmnist.io import file_problem
+
+    if problem := file_problem(path):
+        raise CheckpointError(f"{path}: {problem}")
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CheckpointError(
+            f"{path}: not a text file (damaged training log); move it away to go on"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def read_metrics(run: PathLike) -> list[dict[str, Any]]:
     """The records of ``run/metrics.jsonl`` (or of that file given directly), in order.
 
-    Unreadable lines (a run killed mid-write) are skipped.
+    Unreadable lines (a run killed mid-write, junk) and lines without a finite ``step``
+    are skipped.
 
     Raises:
-        CheckpointError: if there is no such file.
+        CheckpointError: if there is no such file, or it is not a readable text file.
     """
     path = Path(run)
-    if path.is_dir():
+    if path.is_dir() and not path.name.endswith(".jsonl"):
         path = path / METRICS_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CheckpointError(f"{path}: no training log here")
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int | float):
-            records.append(record)
-    return records
+    return [r for line in _metrics_lines(path) if (r := parse_metrics_line(line)) is not None]
 
 
 def write_curves(folder: PathLike, title: str) -> Path:
@@ -336,16 +365,13 @@ def write_curves(folder: PathLike, title: str) -> Path:
     series: dict[str, list[tuple[float, float]]] = {}
     for record in read_metrics(folder):
         for key, value in record.items():
-            if key.endswith("loss") and isinstance(value, int | float):
+            if _finite_number(value) and key.endswith("loss"):
                 series.setdefault(key, []).append((record["step"], float(value)))
     return save_curves(series, Path(folder) / CURVE_FILE, title=title)
 
 
-def _record_step(line: str) -> float:
-    try:
-        return float(json.loads(line).get("step", math.inf))
-    except (json.JSONDecodeError, AttributeError):
-        return math.inf
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ---------------------------------------------------------------------- checkpoint
@@ -433,6 +459,7 @@ class Checkpoint:
                 check_like(scheduler.state_dict(), saved, f"schedulers.{phase}")
                 scheduler.load_state_dict(saved)
             torch.set_rng_state(state["rng"]["torch"])
+            _check_loaded_finite(model, ema, optimizers)
         except CheckpointError as exc:
             raise CheckpointError(f"{self.path}: {exc}") from None
         except (
@@ -441,6 +468,28 @@ class Checkpoint:
             raise CheckpointError(
                 f"{self.path}: checkpoint does not fit this model ({exc})"
             ) from None
+
+
+def _check_loaded_finite(model, ema, optimizers) -> None:
+    """`CheckpointError` if a loaded floating-point tensor is NaN or inf in the dtype it
+    was cast to (float64 values beyond float32's range pass the file's own check)."""
+    named = [("model", model.state_dict())]
+    if ema is not None:
+        named.append(("ema", ema.state_dict()))
+    for phase, optimizer in optimizers.items():
+        for i, values in enumerate(optimizer.state.values()):
+            named.append((f"optimizers.{phase}.{i}", values))
+    for prefix, tensors in named:
+        for key, value in tensors.items():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.is_floating_point()
+                and not bool(torch.isfinite(value).all())
+            ):
+                raise CheckpointError(
+                    f"'{prefix}.{key}' holds NaN or inf values as {value.dtype} (values "
+                    "beyond the range of the run's dtype)"
+                )
 
 
 def read_checkpoint(

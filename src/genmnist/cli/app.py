@@ -34,6 +34,16 @@ app.command("compare")(evaluate.compare_command)
 app.command("train-evaluator")(evaluate.train_evaluator_command)
 
 
+#: Values of ``GENMNIST_DEBUG`` that mean "off" (compared case-insensitively, stripped).
+DEBUG_OFF = ("", "0", "false", "no", "off", "n", "f")
+
+
+def debug_enabled() -> bool:
+    """Whether ``GENMNIST_DEBUG`` asks for tracebacks: any value but an "off" one
+    (`DEBUG_OFF`: empty, ``0``, ``false``, ``no``, ``off``, in any case)."""
+    return os.environ.get("GENMNIST_DEBUG", "").strip().lower() not in DEBUG_OFF
+
+
 def exit_code(exc: GenmnistError) -> int:
     """The exit status of a genmnist error: its ``exit_code`` attribute, else 1."""
     code = getattr(exc, "exit_code", 1)
@@ -43,7 +53,7 @@ def exit_code(exc: GenmnistError) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``genmnist`` script."""
     args = sys.argv[1:] if argv is None else list(argv)
-    debug = os.environ.get("GENMNIST_DEBUG", "") not in ("", "0")
+    debug = debug_enabled()
     previous_format = warnings.formatwarning
     if not debug:  # warnings (a broken plugin...) in one line too, without source lines
         warnings.formatwarning = _one_line_warning

@@ -6,6 +6,7 @@ Like the other commands they import torch only when they run.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -221,7 +222,7 @@ def compare_command(
             curves[label] = [
                 (float(r["step"]), float(r[key]))
                 for r in records
-                if key is not None and isinstance(r.get(key), int | float)
+                if key is not None and isinstance(r.get(key), int | float) and math.isfinite(r[key])
             ]
     for message in sorted({m for r in results for m in r.get("warnings", [])}):
         err.print(f"[yellow]warning[/]: {message}")
@@ -243,8 +244,54 @@ def _read_results(files: list[Path]) -> list[dict[str, Any]]:
             raise UsageProblem(
                 f"--results: {file} is not the JSON of `genmnist eval -o` (of this version)"
             )
+        if problem := _result_problem(result):
+            raise UsageProblem(f"--results: {file}: {problem}")
         results.append({**result, "_file": str(file)})
     return results
+
+
+#: The fields of `genmnist eval -o` JSON that are not numbers, and what they must be.
+_RESULT_FIELDS: dict[str, tuple[str, Any]] = {
+    "model": ("a string", lambda v: isinstance(v, str)),
+    "dataset": ("a string", lambda v: isinstance(v, str)),
+    "weights_sha256": ("a string", lambda v: isinstance(v, str)),
+    "loss_key": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "n": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "seed": ("an integer", lambda v: _is_int(v)),
+    "conditional": ("true or false", lambda v: isinstance(v, bool)),
+    "mode_collapse": ("true or false", lambda v: isinstance(v, bool)),
+    "class_histogram": (
+        "a list of numbers",
+        lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
+    ),
+    "warnings": (
+        "a list of strings",
+        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    ),  # fmt: skip
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _result_problem(result: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of an eval result read back from a file, if anything
+    (every field the report uses has the type `genmnist eval` writes)."""
+    for key in ("model", "dataset", "n", "seed"):
+        if key not in result:
+            return f"field '{key}' is missing"
+    for key, value in result.items():
+        what, fits = _RESULT_FIELDS.get(
+            key, ("a finite number or null", lambda v: v is None or _is_number(v))
+        )
+        if not fits(value):
+            return f"field '{key}' must be {what}, got {json.dumps(value)[:40]}"
+    return None
 
 
 def _reusable(earlier, model, dataset: str, n: int, seed: int) -> dict[str, Any] | None:

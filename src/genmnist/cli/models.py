@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import warnings
 from typing import Annotated
 
@@ -86,25 +87,29 @@ def info(
 
 
 def card_summary(card: dict) -> str:
-    """A few lines of a model card: training and the measured metrics beside the floor."""
+    """A few lines of a model card: training and the measured metrics beside the floor.
+
+    A field of the wrong type (a damaged card) shows as ``?`` instead of failing."""
     lines = []
-    training = card.get("training") or {}
+    training = _object(card.get("training"))
     if training:
-        minutes = (training.get("seconds") or 0) / 60
+        minutes = _number(training.get("seconds"), 0) / 60
         lines.append(
-            f"  trained: {training.get('steps', '?'):,} steps ({training.get('epochs')} epochs) "
-            f"in {minutes:.0f} min on {training.get('machine', 'CPU')}"
+            f"  trained: {_shown(training.get('steps'), ',')} steps "
+            f"({_text(training.get('epochs'))} epochs) in {minutes:.0f} min on "
+            f"{_text(training.get('machine', 'CPU'))}"
         )
-        lines.append(f"  recipe: {training.get('command')}")
+        lines.append(f"  recipe: {_text(training.get('command'))}")
         for key, title in (("guide", "autoguidance guide"), ("distillation", "distillation")):
-            stage = training.get(key) or {}
+            stage = _object(training.get(key))
             if stage:
                 lines.append(
-                    f"  {title}: {stage.get('steps', '?'):,} steps, "
-                    f"{(stage.get('seconds') or 0) / 60:.0f} min: {stage.get('command')}"
+                    f"  {title}: {_shown(stage.get('steps'), ',')} steps, "
+                    f"{_number(stage.get('seconds'), 0) / 60:.0f} min: "
+                    f"{_text(stage.get('command'))}"
                 )
-    evaluation = card.get("evaluation") or {}
-    metrics = evaluation.get("metrics") or {}
+    evaluation = _object(card.get("evaluation"))
+    metrics = _object(evaluation.get("metrics"))
     shown = []
     for key, label, fmt in (
         ("fid", "FID", ".2f"),
@@ -114,11 +119,36 @@ def card_summary(card: dict) -> str:
         ("conditional_accuracy", "conditional accuracy", ".1%"),
     ):
         if metrics.get(key) is not None:
-            text = f"{label} {format(metrics[key], fmt)}"
+            text = f"{label} {_shown(metrics[key], fmt)}"
             if metrics.get(f"{key}_floor") is not None:
-                text += f" (real data {format(metrics[f'{key}_floor'], fmt)})"
+                text += f" (real data {_shown(metrics[f'{key}_floor'], fmt)})"
             shown.append(text)
     if shown:
-        lines.append(f"  measured (n={metrics.get('n', '?'):,}): " + ", ".join(shown))
-        lines.append(f"  reproduce: {evaluation.get('command')}")
+        lines.append(f"  measured (n={_shown(metrics.get('n'), ',')}): " + ", ".join(shown))
+        lines.append(f"  reproduce: {_text(evaluation.get('command'))}")
     return "\n".join(lines)
+
+
+def _object(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value, default: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value) if math.isfinite(value) else default
+
+
+def _shown(value, fmt: str) -> str:
+    """A number formatted with ``fmt``; ``?`` for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "?"
+    return format(value, fmt)
+
+
+def _text(value) -> str:
+    """A card's text field in one line (``?`` for a non-string)."""
+    if value is None:
+        return "?"
+    text = value if isinstance(value, str | int | float) else "?"
+    return " ".join(str(text).split())[:300]

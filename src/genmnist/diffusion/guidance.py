@@ -28,12 +28,23 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LabelledPredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def check_scale(scale: float) -> float:
-    """Return ``scale`` as a float if it is a finite number, else raise `ConfigError`.
+#: Largest guidance scale magnitude accepted: useful scales are below 10, and beyond this
+#: the extrapolation overflows float32 to NaN or inf images.
+MAX_SCALE = 1000.0
 
-    Guidance extrapolates, so an infinite or NaN scale turns every image into NaN."""
+
+def check_scale(scale: float) -> float:
+    """Return ``scale`` as a float if it is a finite number of magnitude at most
+    `MAX_SCALE`, else raise `ConfigError`.
+
+    Guidance extrapolates, so an infinite, NaN or huge scale turns every image into NaN."""
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
         raise ConfigError(f"guidance scale must be a finite number, got {scale!r}")
+    if abs(scale) > MAX_SCALE:
+        raise ConfigError(
+            f"guidance scale must be in -{MAX_SCALE:g}..{MAX_SCALE:g} (useful ones are below "
+            f"10), got {scale!r}"
+        )
     return float(scale)
 
 

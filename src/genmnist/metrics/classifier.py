@@ -193,17 +193,26 @@ def as_image_batch(images: torch.Tensor) -> torch.Tensor:
     """Images as floats ``(n, 1, 28, 28)`` in ``[0, 1]`` (uint8 input is divided by 255).
 
     Raises:
-        ConfigError: for another shape.
+        ConfigError: for another shape, or images holding NaN or inf values (before any
+            feature is computed from them).
     """
     if not isinstance(images, torch.Tensor):
-        images = torch.as_tensor(images)
+        try:
+            images = torch.as_tensor(images)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise ConfigError(f"expected images (n, 1, 28, 28), got {type(exc).__name__}") from None
     if images.ndim == 3:
         images = images.unsqueeze(1)
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
         raise ConfigError(f"expected images (n, 1, 28, 28), got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
-    return images.float()
+    if images.dtype == torch.bool or images.is_complex():
+        raise ConfigError(f"expected float or uint8 images, got {images.dtype}")
+    images = images.float()  # float64 beyond float32's range becomes inf here
+    if not bool(torch.isfinite(images).all()):
+        raise ConfigError("the images hold NaN or inf values; metrics need finite images")
+    return images
 
 
 # ---------------------------------------------------------------------- files
@@ -252,13 +261,30 @@ def read_evaluator(directory: str | os.PathLike[str]) -> EvaluatorNet:
     record = read_json(directory / CONFIG_FILE)
     if not isinstance(record, dict) or record.get("format") != EVALUATOR_FORMAT:
         raise CheckpointError(f"{directory / CONFIG_FILE}: not a genmnist evaluator config")
-    model = EvaluatorNet(EvaluatorConfig.from_dict(record.get("config", {})))
+    config = record.get("config", {})
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{directory / CONFIG_FILE}: 'config' must be an object")
     tensors, _ = load_tensors(directory / WEIGHTS_FILE)
-    own = model.state_dict()
-    if set(tensors) != set(own):
-        raise CheckpointError(f"{directory / WEIGHTS_FILE}: weights do not match the config")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
-    model.info = record.get("info", {})  # type: ignore[attr-defined]
+    try:
+        model = EvaluatorNet(EvaluatorConfig.from_dict(config))
+        own = model.state_dict()
+        if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
+            raise CheckpointError(f"{directory / WEIGHTS_FILE}: weights do not match the config")
+        cast = {k: v.to(own[k].dtype) for k, v in tensors.items()}
+        if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in cast.values()):
+            raise CheckpointError(
+                f"{directory / WEIGHTS_FILE}: weights hold NaN or inf values as float32"
+            )
+        model.load_state_dict(cast)
+    except CheckpointError:
+        raise
+    except (ConfigError, TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{directory / CONFIG_FILE}: not a usable evaluator config ({reason})"
+        ) from None
+    info = record.get("info", {})
+    model.info = info if isinstance(info, dict) else {}  # type: ignore[attr-defined]
     return model.eval()
 
 

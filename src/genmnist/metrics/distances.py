@@ -38,6 +38,12 @@ def _check_pair(real: torch.Tensor, fake: torch.Tensor, minimum: int = 2) -> Non
         )
     if min(real.shape[0], fake.shape[0]) < minimum:
         raise ConfigError(f"need at least {minimum} samples in each set")
+    for name, features in (("real", real), ("generated", fake)):
+        if not bool(torch.isfinite(features).all()):  # before any linear algebra
+            raise ConfigError(
+                f"the {name} features hold NaN or inf values; FID, KID, precision and "
+                "recall need finite features (were the images finite?)"
+            )
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:

@@ -286,9 +286,11 @@ def evaluate(
     """
     from genmnist.metrics import efficiency
     from genmnist.metrics.vae import has_encoder, vae_metrics
+    from genmnist.models.base import check_sample_count
 
     say = log or (lambda message: None)
     _check_n(n, k)
+    check_sample_count(n)  # before the labels and samples of a huge n are allocated
     notes: list[str] = []
     if n < DEFAULT_N:
         notes.append(small_n_message(n))

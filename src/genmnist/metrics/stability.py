@@ -34,7 +34,11 @@ def _median_smooth(values: list[float], window: int) -> list[float]:
 
 def training_time(records: list[dict[str, Any]]) -> float | None:
     """Seconds spent training, summed over resumed segments (their clocks restart)."""
-    times = [float(r["time"]) for r in records if isinstance(r.get("time"), int | float)]
+    times = [
+        float(t)
+        for r in records
+        if isinstance(t := r.get("time"), int | float) and math.isfinite(t) and t >= 0
+    ]
     if not times:
         return None
     total, segment_max, previous = 0.0, 0.0, -math.inf

@@ -17,6 +17,7 @@ a batch of 8 or 800 (see `SampleNoise`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from genmnist._version import __version__
-from genmnist.errors import CheckpointError, ConfigError
+from genmnist.errors import CheckpointError, ConfigError, SamplingError
 from genmnist.io import load_tensors, save_tensors, to_json_value, write_json
 from genmnist.nn.modes import evaluating
 from genmnist.registry import MODELS
@@ -40,6 +41,32 @@ if TYPE_CHECKING:
 
 NUM_PIXELS = 28 * 28
 IMAGE_SHAPE = (1, 28, 28)
+#: Bytes `GenerativeModel.sample` holds per sample: the batches and their concatenation
+#: (float32 images, twice) and the per-sample seed.
+SAMPLE_BYTES = 2 * 4 * NUM_PIXELS + 64
+NONFINITE_MESSAGE = (
+    "sampling produced NaN or inf values (a guidance scale or temperature far too large?)"
+)
+
+
+def check_sample_count(n: int) -> None:
+    """`ConfigError` unless ``n`` samples fit in the available memory (checked before any
+    per-sample allocation, so ``-n 1000000000`` fails at once, in one line)."""
+    from genmnist.memory import check_fits
+
+    check_fits(
+        n * SAMPLE_BYTES,
+        f"holding {n:,} samples",
+        "draw fewer samples (-n), in several runs if you need more",
+    )
+
+
+def check_finite_images(images: torch.Tensor) -> None:
+    """`SamplingError` if ``images`` hold NaN or inf (checked before clamping, which keeps
+    NaN and hides inf)."""
+    if not bool(torch.isfinite(images).all()):
+        raise SamplingError(NONFINITE_MESSAGE)
+
 
 M = TypeVar("M", bound="GenerativeModel")
 
@@ -142,8 +169,10 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is float:  # NaN and inf (which JSON files may hold) are no setting
+        if isinstance(value, float):
+            return math.isfinite(value)
+        return isinstance(value, int) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
     if origin is tuple or hint is tuple:
@@ -162,7 +191,7 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 def _describe(hint: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    names = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
     if hint in names:
         return names[hint]
     return str(hint).replace("typing.", "")
@@ -315,6 +344,7 @@ class GenerativeModel(nn.Module):
         precision = precision or self.sampling_precision
         if precision not in ("bf16", "fp32"):
             raise ConfigError(f"precision must be 'bf16' or 'fp32', got '{precision}'")
+        check_sample_count(n)
         label_tensor = self._check_labels(n, labels)
         seeds = SampleNoise.sample_seeds(n, generator, seed)
         out = []
@@ -327,6 +357,7 @@ class GenerativeModel(nn.Module):
                 if batch_labels is not None:
                     batch_labels = batch_labels.to(self.device)
                 images = self.generate(noise, batch_labels, **options)
+                check_finite_images(images)
                 out.append(images.float().clamp(0, 1).cpu())
         return torch.cat(out)
 
@@ -338,7 +369,12 @@ class GenerativeModel(nn.Module):
         k = self.config.num_classes
         if labels is None:
             return torch.arange(n) % k
-        tensor = torch.as_tensor(labels, dtype=torch.long).flatten()
+        try:
+            tensor = torch.as_tensor(labels, dtype=torch.long).flatten()
+        except (TypeError, ValueError, OverflowError, RuntimeError):
+            raise ConfigError(
+                f"labels must be integers in 0..{k - 1} for model '{self.name}'"
+            ) from None
         if tensor.numel() == 1:
             tensor = tensor.expand(n).clone()
         if tensor.numel() != n:
@@ -486,7 +522,14 @@ class GenerativeModel(nn.Module):
                     f"{path}: tensor '{key}' has shape {tuple(value.shape)}, "
                     f"the config needs {tuple(own[key].shape)}"
                 )
-        self.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+        cast = {k: v.to(own[k].dtype) for k, v in tensors.items()}
+        for key, value in cast.items():  # float64 beyond float32's range becomes inf here
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise CheckpointError(
+                    f"{path}: tensor '{key}' holds NaN or inf values as {own[key].dtype} "
+                    "(values beyond the range of the model's dtype)"
+                )
+        self.load_state_dict(cast)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, parameters={self.num_parameters():,}"

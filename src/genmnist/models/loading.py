@@ -32,6 +32,7 @@ def create_model(name: str, **overrides: Any) -> GenerativeModel:
         ConfigError: for unknown config fields.
     """
     entry = MODELS.entry(name)
+    _check_size(name, _meta_model(name, overrides))
     try:
         model = MODELS.create(name, **overrides)
     except GenmnistError:
@@ -52,6 +53,76 @@ def create_model(name: str, **overrides: Any) -> GenerativeModel:
         ) from None
     model.name = name
     return model
+
+
+def _meta_model(name: str, overrides: dict[str, Any]) -> Any:
+    """The model ``name`` would be, built on the ``meta`` device (shapes, no memory); None
+    when it cannot be built there (the real build then says why)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return MODELS.create(name, **overrides)
+    except Exception:  # a bad config or a model that needs real tensors to build
+        return None
+
+
+def _check_size(name: str, meta: Any) -> None:
+    """`ConfigError` when the weights ``meta`` (a meta-device model) describes do not fit
+    in the available memory (a config asking for a huge layer), before any allocation."""
+    from genmnist.memory import check_fits
+
+    if meta is None:
+        return
+    try:
+        nbytes = sum(t.numel() * t.element_size() for t in meta.state_dict().values())
+    except Exception:
+        return
+    check_fits(nbytes, f"model '{name}' with this config", "make its layers smaller")
+
+
+def _check_weights_file(name: str, config: dict[str, Any], path: Path) -> None:
+    """Compare the tensor names and shapes the config implies (a meta-device model) with
+    those in the header of the weights file ``path``, before any real tensor is allocated:
+    a small file whose config declares a huge layer is refused at once.
+
+    Raises:
+        CheckpointError: naming the file, if names or shapes differ.
+    """
+    import torch
+
+    from genmnist.io import file_problem
+
+    if file_problem(path):
+        return  # reading the weights says what is wrong with the file
+    meta = _meta_model(name, config)
+    if meta is None:
+        return
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        with torch.device("meta"):
+            saved = {k: torch.empty(shape) for k, shape in shapes.items()}
+        saved = type(meta).migrate_weights(saved)
+        own = meta.state_dict()
+    except Exception:  # a damaged file: reading the weights says how
+        return
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the config in {path.parent / CONFIG_FILE} "
+            f"(missing: {', '.join(missing[:5]) or 'none'}; "
+            f"unexpected: {', '.join(unexpected[:5]) or 'none'})"
+        )
+    for key, value in saved.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"{path}: tensor '{key}' has shape {tuple(value.shape)}, "
+                f"the config in {path.parent / CONFIG_FILE} needs {tuple(own[key].shape)}"
+            )
 
 
 def pretrained_dir(name: str, dataset: str = "mnist") -> Path | None:
@@ -130,6 +201,10 @@ def saved_config(folder: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
     """
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
+    from genmnist.io import file_problem
+
+    if os.path.lexists(config_path) and (problem := file_problem(config_path)):
+        raise CheckpointError(f"{config_path}: {problem}")  # a folder, a FIFO...
     if not config_path.is_file():
         raise CheckpointError(f"{folder}: no {CONFIG_FILE} here; is this a genmnist checkpoint?")
     from genmnist.io import read_json
@@ -168,6 +243,8 @@ def _load_folder(folder: Path) -> GenerativeModel:
         cls = MODELS.get(name)
         # a composite model's parts are models of their own, saved in sub-folders
         parts = {part: _load_folder(folder / part) for part in cls.parts}
+        if not parts:  # names and shapes from the file's header, before allocating
+            _check_weights_file(name, config, folder / WEIGHTS_FILE)
         model = create_model(name, **config, **parts)
         if not parts:
             model.load_weights(folder / WEIGHTS_FILE)

@@ -194,10 +194,21 @@ class VAE(GenerativeModel):
         }
 
 
+#: Largest sampling temperature accepted: useful ones are near 1, and far beyond this the
+#: decoder only sees latents it never saw in training (or overflows to NaN).
+MAX_TEMPERATURE = 100.0
+
+
 def check_temperature(temperature: float) -> None:
-    """Refuse a sampling temperature that is not a positive finite number."""
+    """Refuse a sampling temperature that is not a positive finite number of at most
+    `MAX_TEMPERATURE`."""
     if not math.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"temperature must be a positive number, got {temperature}")
+    if temperature > MAX_TEMPERATURE:
+        raise ConfigError(
+            f"temperature must be at most {MAX_TEMPERATURE:g} (useful ones are near 1), "
+            f"got {temperature:g}"
+        )
 
 
 def interpolate_latents(
