@@ -403,3 +403,39 @@ def test_debug_values_meaning_off_keep_tracebacks_off(monkeypatch, capsys, tmp_p
 def test_debug_values_meaning_on_turn_tracebacks_on(monkeypatch, value):
     monkeypatch.setenv("GENMNIST_DEBUG", value)
     assert debug_enabled()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--steps", "100000"], "steps"),
+        (["--sampler", "nope"], "sampler"),
+        (["--guidance", "1e30"], "guidance"),
+        (["--guidance-interval", "3", "1"], "interval"),
+    ],
+)
+def test_eval_refuses_sampling_options_before_it_prints_progress(
+    run_cli, assert_one_line_error, tmp_path, args, fragment
+):
+    folder = create_model("ddpm-cfg", channels=(8, 16, 16), timesteps=50).save_pretrained(
+        tmp_path / "m"
+    )
+    code, _, err = run_cli("eval", "ddpm-cfg", "--checkpoint", folder, "-n", 20, *args)
+    assert code == 2
+    assert_one_line_error(err, fragment)
+
+
+def test_a_run_file_that_is_a_folder_is_named_when_a_run_starts_over(
+    run_cli, assert_one_line_error, tmp_path, idx_root
+):
+    out = tmp_path / "run"
+    (out / "metrics.jsonl").mkdir(parents=True)
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"batch_size": 16, "hidden_dims": [16], "latent_dim": 2}))
+    code, _, err = run_cli(
+        "train", "vae-mlp", "--data-dir", idx_root, "--out", out, "--overwrite",
+        "--config", recipe, "--max-steps", 1, "--quiet",
+    )  # fmt: skip
+    assert code == 1
+    assert_one_line_error(err, "metrics.jsonl", "is a folder")
+    assert (out / "metrics.jsonl").is_dir()

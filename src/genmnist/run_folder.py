@@ -34,6 +34,7 @@ import torch
 from genmnist.errors import CheckpointError, GenmnistError, TrainingError
 from genmnist.io import (
     atomic_write,
+    file_problem,
     flatten_state,
     is_temp_file_of,
     load_tensors,
@@ -280,8 +281,10 @@ def start_metrics(folder: PathLike) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         path = Path(folder) / name
-        if path.is_file() or path.is_symlink():
+        if path.is_symlink() or path.is_file():
             path.unlink(missing_ok=True)
+        elif path.exists():  # a folder or special file where a run file belongs
+            raise CheckpointError(f"{path}: {file_problem(path)}; move it out of the run folder")
 
 
 def append_metrics(folder: PathLike, record: dict[str, Any]) -> None:

@@ -216,6 +216,15 @@ def sampling_usage(options: dict[str, Any] | None = None) -> Iterator[None]:
         raise UsageProblem(message) from None
 
 
+def check_sampling(model: GenerativeModel, options: dict[str, Any], seed: int) -> None:
+    """Draw one image with ``options`` before a long command starts, so that options the
+    model refuses (or a setting that samples NaN) fail in one line before any progress is
+    printed."""
+    trial = {k: v for k, v in options.items() if k != "callback"}
+    with sampling_usage(options):
+        model.sample(1, seed=seed, batch_size=1, **trial)
+
+
 # ------------------------------------------------------------------------------ files
 def check_writable(folder: Path, option: str) -> None:
     """Fail early, in one line, if files cannot be written in ``folder`` (which need not

@@ -27,6 +27,7 @@ from genmnist.cli.common import (
     UsageProblem,
     check_dataset,
     check_output_file,
+    check_sampling,
     console,
     err_console,
     resolve_model,
@@ -131,6 +132,7 @@ def eval_command(
         guidance_interval=guidance_interval,
         temperature=temperature,
     )
+    check_sampling(model, options, seed)
     with sampling_usage(options):
         result = _evaluate(
             model,
