@@ -184,9 +184,9 @@ def test_a_folder_in_place_of_a_name(tmp_path, monkeypatch, trained_folder, run_
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli("sample", trained_folder, "-n", "3", "--seed", "4", "-f", "npy")
     assert code == 0, err
-    assert "Saved 3 samples of vae-mlp (seed 4) to vae-mlp-samples.npy" in out
+    assert "Saved 3 samples of vae-mlp (seed 4) to vae-mlp-mnist-samples.npy" in out
     expected = load(trained_folder).sample(3, seed=4).numpy()
-    np.testing.assert_allclose(np.load(tmp_path / "vae-mlp-samples.npy"), expected, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "vae-mlp-mnist-samples.npy"), expected, atol=1e-6)
     code, out, err = run_cli("info", trained_folder)
     assert code == 0, err
     assert out.startswith("vae-mlp - ") and f"folder: {trained_folder}" in out
@@ -385,3 +385,87 @@ def test_sample_label_follows_the_checkpoint_config(tmp_path, tiny_model, run_cl
     )  # fmt: skip
     assert code == 0, err
     np.testing.assert_allclose(np.load(out), model.sample(2, labels=3, seed=0).numpy(), atol=1e-6)
+
+
+def test_version_prints_the_package_version(run_cli):
+    from genmnist._version import __version__
+
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.strip() == f"genmnist {__version__}"
+
+
+def test_default_sample_names_hold_the_model_and_the_dataset(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for dataset in ("mnist", "fashion-mnist"):
+        code, _, err = run_cli("sample", "vae-conv", "-n", 2, "--dataset", dataset, "--seed", 0)
+        assert code == 0, err
+    mnist, fashion = (
+        tmp_path / "vae-conv-mnist-samples.png",
+        tmp_path / "vae-conv-fashion-mnist-samples.png",
+    )
+    assert mnist.is_file() and fashion.is_file()
+    assert mnist.read_bytes() != fashion.read_bytes()
+
+
+def test_info_describes_the_shipped_weights(run_cli):
+    import genmnist
+
+    shipped = genmnist.load("ddpm")
+    code, out, _ = run_cli("info", "ddpm")
+    assert code == 0 and f"parameters: {shipped.num_parameters():,}" in out
+    assert "weights shipped for mnist" in out and "128" in out  # its clusters
+    code, out, _ = run_cli("info", "gan-mlp", "--dataset", "fashion-mnist")
+    assert code == 0 and "registered defaults (no weights ship for fashion-mnist)" in out
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml", ".yml"])
+def test_toml_and_yaml_configs_train_like_json(run_cli, tmp_path, idx_root, suffix):
+    import json
+
+    fields = {"hidden_dims": [16], "latent_dim": 3, "batch_size": 16, "lr": 0.002}
+    texts = {
+        ".toml": "hidden_dims = [16]\nlatent_dim = 3\nbatch_size = 16\nlr = 0.002\n",
+        ".yaml": "hidden_dims: [16]\nlatent_dim: 3\nbatch_size: 16\nlr: 0.002\n",
+        ".yml": "hidden_dims:\n  - 16\nlatent_dim: 3\nbatch_size: 16\nlr: 0.002\n",
+    }
+    runs = {}
+    for kind, text in ((".json", json.dumps(fields)), (suffix, texts[suffix])):
+        recipe = tmp_path / f"recipe{kind}"
+        recipe.write_text(text)
+        out = tmp_path / f"run{kind}"
+        code, _, err = run_cli(
+            "train", "vae-mlp", "--data-dir", idx_root, "--out", out, "--config", recipe,
+            "--max-steps", 2, "--quiet", "--device", "cpu",
+        )  # fmt: skip
+        assert code == 0, err
+        runs[kind] = out
+    config = {k: json.loads((runs[k] / "config.json").read_text())["config"] for k in runs}
+    assert config[".json"] == config[suffix]
+    from genmnist.io import load_tensors
+
+    weights = {k: load_tensors(runs[k] / "model.safetensors")[0] for k in runs}
+    assert weights[".json"].keys() == weights[suffix].keys()
+    assert all(torch.equal(weights[".json"][k], weights[suffix][k]) for k in weights[".json"])
+
+
+@pytest.mark.parametrize(
+    "name, text, fragment",
+    [
+        ("bad.toml", "latent_dim = = 3", "not valid TOML"),
+        ("bad.yaml", "latent_dim: [3", "not valid YAML"),
+        ("list.yaml", "- 1\n- 2\n", "config fields"),
+        ("typed.toml", 'latent_dim = "three"', "latent_dim"),
+        ("python.yaml", "x: !!python/object:os.system ls", "not valid YAML"),
+    ],
+)
+def test_broken_toml_and_yaml_configs_fail_in_one_line(
+    run_cli, assert_one_line_error, tmp_path, idx_root, name, text, fragment
+):
+    recipe = tmp_path / name
+    recipe.write_text(text)
+    code, _, err = run_cli(
+        "train", "vae-mlp", "--data-dir", idx_root, "--out", tmp_path / "run", "--config", recipe
+    )
+    assert code != 0
+    assert_one_line_error(err, fragment)
+    assert not (tmp_path / "run").exists()

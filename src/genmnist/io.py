@@ -206,6 +206,56 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
+#: Config file formats `read_config_file` reads, by file suffix.
+CONFIG_SUFFIXES = {".json": "JSON", ".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
+
+
+def read_config_file(path: str | os.PathLike[str]) -> Any:
+    """Read a config file written by a person: JSON, TOML or YAML, by its suffix (any
+    other suffix is read as JSON), with the checks and size bound of `read_json`.
+
+    YAML is read with PyYAML's safe loader (plain values only, no Python objects).
+
+    Raises:
+        CheckpointError: naming the file, when it is missing, too large or not valid.
+    """
+    path = Path(path)
+    kind = CONFIG_SUFFIXES.get(path.suffix.lower(), "JSON")
+    if kind == "JSON":
+        return read_json(path)
+    if problem := file_problem(path):
+        raise CheckpointError(f"{path}: {problem}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: too large for a config file")
+        text = raw.decode("utf-8")
+        if kind == "TOML":
+            return _toml().loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except CheckpointError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # TOMLDecodeError too
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not valid {kind} ({reason})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except Exception as exc:  # yaml.YAMLError: any malformation of the text
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not valid {kind} ({reason})") from None
+
+
+def _toml():
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
 def save_tensors(
     path: str | os.PathLike[str],
     tensors: Mapping[str, torch.Tensor],

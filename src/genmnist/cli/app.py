@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import Annotated
 
 import typer
 
@@ -24,6 +25,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from genmnist._version import __version__
+
+        print(f"genmnist {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Generative models for MNIST-sized images: train, sample and inspect them."""
+
+
 # The order here is the order of `genmnist --help`.
 app.command("list")(models.list_models)
 app.command("info")(models.info)

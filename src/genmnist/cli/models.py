@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 
-from genmnist.cli.common import console, default_config, model_entry, resolve_model
+from genmnist.cli.common import (
+    DatasetOption,
+    check_dataset,
+    console,
+    default_config,
+    model_entry,
+    resolve_model,
+)
 
 
 def list_models(
@@ -52,35 +59,51 @@ def list_models(
 
 def info(
     name: Annotated[str, typer.Argument(help="Registered model name, or a checkpoint folder.")],
+    dataset: DatasetOption = "mnist",
 ) -> None:
-    """Show a model's description, default config, size and shipped weights."""
+    """Show a model: the shipped weights for --dataset (their config, size and card), or
+    the registered defaults when none ship, or a checkpoint folder's model."""
     from rich.table import Table
 
     from genmnist.data import DATASETS
     from genmnist.models import model_card, pretrained_dir
 
-    resolved = resolve_model(name, None, "mnist", weights=False)
+    check_dataset(dataset)
+    from genmnist.registry import MODELS
+
+    shipped = None
+    if name in MODELS:
+        model_entry(name)  # a broken plugin is a usage error here
+        shipped = pretrained_dir(name, dataset)
+    resolved = resolve_model(name, None, dataset, weights=shipped is not None)
     model = resolved.model
     entry = model_entry(model.name)
     out = console()
     out.print(f"[bold]{model.name}[/] - {entry.summary}")
     if resolved.folder is not None:
         out.print(f"folder: {resolved.folder}")
+    elif shipped is not None:
+        out.print(f"shown: the weights shipped for {dataset}")
+    else:
+        out.print(f"shown: the registered defaults (no weights ship for {dataset})")
     out.print(f"class: {type(model).__module__}.{type(model).__qualname__}")
     out.print(f"source: {entry.source}")
     out.print(f"parameters: {model.num_parameters():,}")
     classes = f"yes, {model.config.num_classes} classes" if model.conditional else "no"
     out.print(f"conditional: {classes}")
-    for dataset in DATASETS:
-        folder = pretrained_dir(model.name, dataset)
-        out.print(f"pretrained ({dataset}): {folder if folder else 'none'}")
-        card = model_card(model.name, dataset) if folder else None
+    for each in DATASETS:
+        folder = pretrained_dir(model.name, each)
+        out.print(f"pretrained ({each}): {folder if folder else 'none'}")
+        card = model_card(model.name, each) if folder else None
         if card:
             out.print(card_summary(card), highlight=False)
-    title = "config (override with genmnist train --config FILE)"
     if resolved.folder is not None:
-        title = f"config of {resolved.folder}"
-    table = Table("config field", "value" if resolved.folder else "default", title=title)
+        title, column = f"config of {resolved.folder}", "value"
+    elif shipped is not None:
+        title, column = f"config of the shipped {dataset} weights", "value"
+    else:
+        title, column = "config (override with genmnist train --config FILE)", "default"
+    table = Table("config field", column, title=title)
     for key, value in model.config.to_dict().items():
         table.add_row(key, repr(value))
     out.print(table)

@@ -33,7 +33,8 @@ def sample(
     name: Annotated[str, typer.Argument(help="Registered model name, or a checkpoint folder.")],
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of images.")] = 64,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Output file (default NAME-samples.png).")
+        Path | None,
+        typer.Option("--output", "-o", help="Output file (default NAME-DATASET-samples.png)."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed; sample i is the same for any -n.")] = None,
     label: Annotated[
@@ -63,7 +64,7 @@ def sample(
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise _unknown_format(fmt, OUTPUT_FORMATS)
     model = resolve_model(name, checkpoint, dataset).model
-    output = output or Path(f"{model.name}-samples.{fmt or 'png'}")
+    output = output or Path(f"{model.name}-{dataset}-samples.{fmt or 'png'}")
     fmt = fmt or output.suffix.lstrip(".").lower() or "png"
     if fmt not in OUTPUT_FORMATS:
         raise _unknown_format(fmt, OUTPUT_FORMATS)

@@ -33,7 +33,8 @@ def train(
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
     config: Annotated[
-        Path | None, typer.Option(help="JSON file of config fields to override.")
+        Path | None,
+        typer.Option(help="Config fields to override: a .json, .toml or .yaml file."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     overwrite: Annotated[
@@ -129,13 +130,13 @@ def _launch_torchrun(ctx, nproc: int) -> int:
 
 
 def _read_overrides(path: Path) -> dict:
-    from genmnist.io import read_json
+    from genmnist.io import read_config_file
 
-    data = read_json(path)
+    data = read_config_file(path)
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         data = data["config"]  # a whole config.json from another run
     if not isinstance(data, dict):
-        raise GenmnistError(f"{path}: expected a JSON object of config fields")
+        raise GenmnistError(f"{path}: expected a table (object) of config fields")
     return data
 
 

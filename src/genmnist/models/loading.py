@@ -184,9 +184,11 @@ def load(name_or_path: str | os.PathLike[str], dataset: str = "mnist") -> Genera
         raise CheckpointError(f"{path}: no such checkpoint folder")
     folder = pretrained_dir(name, dataset)
     if folder is None:
+        flag = "" if dataset == "mnist" else f" --dataset {dataset}"
+        run = f"runs/{dataset}/{name}"
         raise RegistryError(
             f"no pretrained weights ship for '{name}' on {dataset}; train it with "
-            f"`genmnist train {name} --out runs/{name}` and pass --checkpoint runs/{name}"
+            f"`genmnist train {name}{flag} --out {run}` and pass --checkpoint {run}"
         )
     return _load_folder(folder)
 
