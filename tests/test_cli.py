@@ -469,3 +469,18 @@ def test_broken_toml_and_yaml_configs_fail_in_one_line(
     assert code != 0
     assert_one_line_error(err, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_sampling_reports_progress_per_batch_and_the_cli_bar_is_quiet_off_a_terminal(
+    run_cli, tmp_path
+):
+    import genmnist
+    from genmnist.cli.common import progress_bar
+
+    seen = []
+    genmnist.load("vae-mlp").sample(25, seed=0, batch_size=10, progress=seen.append)
+    assert seen == [10, 20, 25]
+    with progress_bar(5, "x") as update:  # stderr is not a terminal under pytest
+        update(5)
+    code, _, err = run_cli("sample", "vae-mlp", "-n", 3, "-o", tmp_path / "s.png")
+    assert code == 0 and "sampling" not in err and "━" not in err

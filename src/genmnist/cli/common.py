@@ -9,7 +9,8 @@ other way round.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,31 @@ def check_sampling(model: GenerativeModel, options: dict[str, Any], seed: int) -
     trial = {k: v for k, v in options.items() if k != "callback"}
     with sampling_usage(options):
         model.sample(1, seed=seed, batch_size=1, **trial)
+
+
+@contextmanager
+def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for ``total`` images, when stderr is a terminal (silent
+    otherwise, so logs and pipes stay clean); yields ``update(done)``."""
+    if not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=err_console(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 # ------------------------------------------------------------------------------ files

@@ -30,6 +30,7 @@ from genmnist.cli.common import (
     check_sampling,
     console,
     err_console,
+    progress_bar,
     resolve_model,
     sampling_options,
     sampling_usage,
@@ -48,7 +49,7 @@ BatchOption = Annotated[int, typer.Option(min=1, help="Images generated at once.
 def _evaluate(model, run_dir, dataset, n, data_dir, seed, batch_size, floor, options, say):
     from genmnist.metrics import evaluate
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), progress_bar(n, f"sampling {model.name}") as update:
         warnings.simplefilter("ignore")  # evaluate() reports them in result["warnings"]
         return evaluate(
             model,
@@ -61,6 +62,7 @@ def _evaluate(model, run_dir, dataset, n, data_dir, seed, batch_size, floor, opt
             run_dir=run_dir,
             sample_options=options,
             log=say,
+            progress=update,
         )
 
 

@@ -22,6 +22,7 @@ from genmnist.cli.common import (
     check_output_file,
     console,
     os_reason,
+    progress_bar,
     resolve_model,
     sampling_options,
     sampling_usage,
@@ -100,8 +101,10 @@ def sample(
                 frames.append(make_grid(x_t.float().cpu(), nrow or default_rows))
 
         options["callback"] = keep_frame
-    with sampling_usage(options):
-        images = model.sample(n, labels=label, seed=seed, batch_size=batch_size, **options)
+    with sampling_usage(options), progress_bar(n, f"sampling {model.name}") as update:
+        images = model.sample(
+            n, labels=label, seed=seed, batch_size=batch_size, progress=update, **options
+        )
     try:
         path = save_samples(images, output, fmt=fmt, nrow=nrow or default_rows)
         if gif is not None:

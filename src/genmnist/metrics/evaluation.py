@@ -257,6 +257,7 @@ def evaluate(
     k: int = 3,
     kid_subsets: int = 100,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Measure a generative model; returns a flat dict of JSON values.
 
@@ -275,6 +276,8 @@ def evaluate(
         k: Neighbourhood size of precision/recall.
         kid_subsets: Number of KID subsets.
         log: Called with progress messages.
+        progress: Called with the number of images sampled so far (see
+            `GenerativeModel.sample`).
 
     Returns:
         ``model``, ``dataset``, ``n``, ``seed``, ``conditional``, ``evaluator_accuracy``;
@@ -304,7 +307,12 @@ def evaluate(
     device = getattr(model, "device", torch.device("cpu"))
     images, seconds, peak = efficiency.measure(
         lambda: model.sample(
-            n, labels=labels, seed=seed, batch_size=batch_size, **(sample_options or {})
+            n,
+            labels=labels,
+            seed=seed,
+            batch_size=batch_size,
+            **(sample_options or {}),
+            **({"progress": progress} if progress is not None else {}),
         ),
         device,
     )

@@ -21,7 +21,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -313,6 +313,7 @@ class GenerativeModel(nn.Module):
         seed: int | None = None,
         batch_size: int = 1000,
         precision: str | None = None,
+        progress: Callable[[int], None] | None = None,
         **options: Any,
     ) -> torch.Tensor:
         """Draw ``n`` images, a float tensor ``(n, 1, 28, 28)`` in ``[0, 1]`` on the CPU.
@@ -328,6 +329,8 @@ class GenerativeModel(nn.Module):
             batch_size: Images generated at once (bounds memory for large ``n``).
             precision: ``"bf16"`` (autocast) or ``"fp32"``; default: the model's
                 `sampling_precision`.
+            progress: Called with the number of images drawn so far after each batch
+                (for a progress bar).
             **options: Model-specific options named in `sampling_options`.
         """
         if n <= 0:
@@ -359,6 +362,8 @@ class GenerativeModel(nn.Module):
                 images = self.generate(noise, batch_labels, **options)
                 check_finite_images(images)
                 out.append(images.float().clamp(0, 1).cpu())
+                if progress is not None:
+                    progress(stop)
         return torch.cat(out)
 
     def _check_labels(self, n: int, labels: Any) -> torch.Tensor | None:
