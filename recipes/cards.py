@@ -169,7 +169,7 @@ def render_docs() -> str:
         "edit those (or rerun the measurements), not this page. -->",
         "",
         "Every built-in model ships weights inside the package, so `genmnist sample NAME`",
-        "works offline right after `pip install genmnist`. Each card below says how the",
+        "works offline right after `pip install .` (or a wheel). Each card below says how the",
         "weights were trained (the recipe reproduces them) and what `genmnist eval` measured",
         "for them with 10,000 samples, beside the same metric for real test images (the",
         "*real data* column: 10,000 training images scored against the test set). See",
