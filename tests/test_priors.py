@@ -88,9 +88,34 @@ def test_an_interrupted_run_fits_its_mixture_only_when_it_completes(tmp_path, ti
     assert not torch.equal(resumed.prior.means, first)  # refitted on the final weights
 
 
-def test_mixture_priors_are_for_unconditional_vaes():
-    with pytest.raises(ConfigError, match="unconditional"):
-        create_model("cvae", hidden_dims=(4, 8), latent_dim=3, prior="gmm")
+def test_a_class_conditional_mixture_draws_each_label_from_its_own_codes():
+    codes, centers, _ = _three_blobs()
+    labels = (codes[:, 0] > 2).long() + 2 * (codes[:, 1] > 2.5).long()  # the three blobs
+    prior = GaussianMixture(2, components=2, classes=3)
+    prior.fit(codes, labels)
+    wanted = torch.tensor([0, 1, 2] * 200)
+    drawn = prior.sample(SampleNoise(range(600)), labels=wanted)
+    for label, center in zip((0, 1, 2), centers[[0, 1, 2]], strict=True):
+        torch.testing.assert_close(drawn[wanted == label].mean(0), center, atol=0.15, rtol=0)
+    assert (
+        prior.log_prob(centers, torch.tensor([0, 1, 2])).min()
+        > prior.log_prob(centers, torch.tensor([1, 2, 0])).max()
+    )
+    with pytest.raises(ConfigError, match="labels"):
+        prior.sample(SampleNoise(range(2)))
+    with pytest.raises(ConfigError, match="labels"):
+        GaussianMixture(2, 2, classes=3).fit(codes)
+
+
+def test_a_conditional_vae_fits_one_mixture_per_class(tmp_path, tiny_dataset):
+    model = create_model("cvae", hidden_dims=(4, 8), latent_dim=3, prior="gmm",
+                         prior_components=2, batch_size=32)  # fmt: skip
+    options = TrainOptions(out=tmp_path / "run", max_steps=3, progress=False, device="cpu")
+    Trainer(model, options, dataset=tiny_dataset, log=lambda line: None).fit()
+    assert model.prior.means.shape == (20, 3) and model.prior.means.abs().sum() > 0
+    images = model.sample(20, seed=0)  # labels cycle 0..9
+    assert images.shape == (20, 1, 28, 28)
+    torch.testing.assert_close(load(tmp_path / "run").sample(20, seed=0), images)
     with pytest.raises(Exception, match="unknown latent prior"):
         create_model("vae-mlp", prior="flowy")
 

@@ -61,8 +61,8 @@ class VAEConfig(ModelConfig):
         prior: Latent prior that sampling draws from, a name in
             `genmnist.nn.priors.PRIORS`: ``standard`` (``N(0, I)``) or ``gmm`` (a Gaussian
             mixture fitted to the posterior means of the training images when training
-            ends; unconditional models).
-        prior_components: Mixture components of a ``gmm`` prior.
+            ends; one per class for a conditional model).
+        prior_components: Mixture components of a ``gmm`` prior (per class).
         epochs: Default number of training epochs.
     """
 
@@ -110,13 +110,11 @@ class VAE(GenerativeModel):
         self.encoder = ENCODERS.create(cfg.encoder, out_features=2 * cfg.latent_dim, **shared)
         self.decoder = DECODERS.create(cfg.decoder, in_features=cfg.latent_dim, **shared)
         self.prior = PRIORS.create(
-            cfg.prior, latent_dim=cfg.latent_dim, components=cfg.prior_components
+            cfg.prior,
+            latent_dim=cfg.latent_dim,
+            components=cfg.prior_components,
+            classes=cfg.num_classes,
         )
-        if self.prior.fitted_from_data and self.conditional:
-            raise ConfigError(
-                f"the '{cfg.prior}' prior is fitted to all training codes at once, which "
-                "suits unconditional VAEs; a conditional one samples its standard prior"
-            )
 
     def _cond(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         if not self.conditional:
@@ -194,7 +192,7 @@ class VAE(GenerativeModel):
         """
         temperature = self.config.temperature if temperature is None else temperature
         check_temperature(temperature)
-        return self.decode(self.prior.sample(noise, temperature), labels)
+        return self.decode(self.prior.sample(noise, temperature, labels), labels)
 
     @_evaluating
     def posterior_means(self, data: InMemoryDataset, batch_size: int = 1000) -> torch.Tensor:
@@ -209,7 +207,8 @@ class VAE(GenerativeModel):
     def finish_training(self, data: InMemoryDataset) -> None:
         """Fit a prior that learns from data (``gmm``) to the training images' codes."""
         if self.prior.fitted_from_data:
-            self.prior.fit(self.posterior_means(data))
+            labels = data.labels if self.conditional else None
+            self.prior.fit(self.posterior_means(data), labels)
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
