@@ -129,6 +129,7 @@ def test_runs_written_before_the_prior_fields_existed_still_resume(tmp_path, tin
     from genmnist.io import load_tensors, save_tensors
 
     record = json.loads((out / "config.json").read_text())
+    record["config_version"] = 1
     for key in ("prior", "prior_components"):
         record["config"].pop(key)
     (out / "config.json").write_text(json.dumps(record))
@@ -141,3 +142,17 @@ def test_runs_written_before_the_prior_fields_existed_still_resume(tmp_path, tin
     resumed = load(out)
     options = TrainOptions(out=out, max_steps=3, resume=True, progress=False)
     assert Trainer(resumed, options, dataset=tiny_dataset, log=lambda line: None).fit().step == 3
+
+
+def test_version_1_vae_configs_keep_their_standard_prior(tmp_path):
+    # a version-1 cvae folder has no prior field: it sampled N(0, I), though the cvae
+    # preset now defaults to a mixture prior
+    folder = create_model("cvae", hidden_dims=(4, 8), latent_dim=3, prior="standard")
+    folder = folder.save_pretrained(tmp_path / "old")
+    record = json.loads((folder / "config.json").read_text())
+    record["config_version"] = 1
+    for key in ("prior", "prior_components"):
+        record["config"].pop(key)
+    (folder / "config.json").write_text(json.dumps(record))
+    loaded = load(folder)
+    assert loaded.config.prior == "standard" and isinstance(loaded.prior, StandardNormal)
