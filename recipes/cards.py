@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE_ROOT = REPO / "src" / "genmnist" / "pretrained"
 DOCS_PAGE = REPO / "docs" / "pretrained.md"
 #: Card order on the docs page: by family, simple to elaborate.
-ORDER = ["vae-mlp", "vae-conv", "cvae", "gan-mlp", "dcgan", "cgan", "ddpm", "ddpm-cfg"]
+ORDER = ["vae-mlp", "vae-conv", "vae-gmm", "cvae", "gan-mlp", "dcgan", "cgan", "ddpm", "ddpm-cfg"]
 DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 #: Metrics a card shows, in order: key, label, format.
 CARD_METRICS = [

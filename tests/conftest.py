@@ -18,6 +18,7 @@ torch.set_num_threads(1)
 TINY = {
     "vae-mlp": {"hidden_dims": (32,), "latent_dim": 4},
     "vae-conv": {"hidden_dims": (4, 8), "latent_dim": 4},
+    "vae-gmm": {"hidden_dims": (4, 8), "latent_dim": 4, "prior_components": 3},
     "cvae": {"hidden_dims": (4, 8), "latent_dim": 4},
 }
 

@@ -281,7 +281,8 @@ def test_training_loss_is_finite_and_differentiable(tiny_model, tiny_dataset, na
     assert losses["kl"] >= 0 and losses["reconstruction"] > 0
     losses["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
-    torch.testing.assert_close(losses["loss"].detach(), losses["reconstruction"] + losses["kl"])
+    expected = losses["reconstruction"] + model.config.beta * losses["kl"]
+    torch.testing.assert_close(losses["loss"].detach(), expected)
 
 
 def test_training_loss_kl_annealing(tiny_model, tiny_dataset):

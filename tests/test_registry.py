@@ -113,7 +113,7 @@ def test_duplicate_register_names_both_sources():
 
 def test_builtin_models_are_registered():
     assert {"vae-mlp", "vae-conv", "cvae"} <= set(MODELS.list())
-    assert MODELS.list("vae*") == ["vae-conv", "vae-mlp"]
+    assert MODELS.list("vae*") == ["vae-conv", "vae-gmm", "vae-mlp"]
     assert MODELS.get("cvae") is VAE
     assert MODELS.entry("cvae").defaults["num_classes"] == 10
     assert MODELS.entry("vae-mlp").source == BUILTIN_SOURCE

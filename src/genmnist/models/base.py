@@ -441,6 +441,16 @@ class GenerativeModel(nn.Module):
         """
         raise NotImplementedError
 
+    def finish_training(self, data: InMemoryDataset) -> None:
+        """Called by the trainer once, when a run completes its last step, on the weights
+        it exports (the weight average when there is one), before the last checkpoint:
+        fit what is learned from a trained model (a VAE's mixture prior). Default:
+        nothing.
+
+        Args:
+            data: The training split.
+        """
+
     def training_metrics(self, step: int) -> dict[str, float]:
         """Extra numbers for the metrics log, computed at each logging interval (e.g. a
         GAN's sample diversity, to catch mode collapse early). Default: none."""

@@ -247,8 +247,14 @@ class Trainer:
         """Restore the run from its checkpoint; returns the step it continues from."""
         opts = self.options
         model = self.model
+
+        def migrate(config: dict, version: int) -> dict:
+            # migrated, and with the defaults of fields added since the run was written
+            migrated = model.migrate_config(config, version)
+            return type(model.config).from_dict(migrated).to_dict()
+
         saved = run_folder.read_checkpoint(
-            self.out, model.name, model.config.to_dict(), migrate=model.migrate_config
+            self.out, model.name, model.config.to_dict(), migrate=migrate
         )
         header = saved.header
         check_same_task(header.get("task"), self.task, saved.path)
@@ -302,6 +308,8 @@ class Trainer:
                 # several processes stop after the step they agreed on (`step_consensus`)
                 stop = self._agreed_stop if self.world_size > 1 else self.stop.requested
                 if self.rank == 0:
+                    if last and not stop:
+                        self._finish()
                     if stop or end_of_epoch or last or step % opts.checkpoint_every == 0:
                         self._save_checkpoint(step)
                     if end_of_epoch or last:
@@ -309,6 +317,12 @@ class Trainer:
                 if stop:
                     return step, metrics, True
         return step, metrics, False
+
+    def _finish(self) -> None:
+        """The model's `finish_training` hook, on the weights that are exported."""
+        exported = self.ema.module if self.ema is not None else self.model
+        with evaluating(exported):
+            exported.finish_training(self.dataset)
 
     def _train_step(self, images, labels, step, autocast) -> dict[str, float] | None:
         """One optimizer step per phase; the logged losses, or None for a skipped step."""
