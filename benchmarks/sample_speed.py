@@ -2,7 +2,7 @@
 
     python benchmarks/sample_speed.py [--models ddpm ddpm-cfg cgan] [--repeats 5]
 
-Issue 6's goal: with the default sampler, ``genmnist sample ddpm -n 64`` finishes within
+The goal: with the default sampler, ``genmnist sample ddpm -n 64`` finishes within
 about 1.5x the time of importing torch alone, measured in the same run on the same
 machine. Each command runs as a fresh process (as a user runs it), alternating with the
 bare import so that load on the machine hits both alike; the table shows medians and the
