@@ -439,3 +439,15 @@ def test_a_run_file_that_is_a_folder_is_named_when_a_run_starts_over(
     assert code == 1
     assert_one_line_error(err, "metrics.jsonl", "is a folder")
     assert (out / "metrics.jsonl").is_dir()
+
+
+def test_the_size_checks_before_loading_stay_light(run_python):
+    # the meta-device build that checks a config's sizes must not pull in torch's
+    # compiler stack (seconds of imports on every `genmnist sample`)
+    code = (
+        "import sys, genmnist; genmnist.load('ddpm'); genmnist.create_model('cvae'); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    result = run_python(code=code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

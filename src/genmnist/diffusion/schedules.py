@@ -77,7 +77,7 @@ class NoiseSchedule:
 
 def _betas_from_alphas_cumprod(alpha_bar, timesteps: int, max_beta: float = 0.999):
     """``β_t = 1 - ᾱ(t+1)/ᾱ(t)`` for a continuous ``ᾱ`` on ``[0, 1]``, clipped at ``max_beta``."""
-    t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    t = torch.arange(timesteps + 1, dtype=torch.float64, device="cpu") / timesteps
     values = alpha_bar(t)
     return (1 - values[1:] / values[:-1]).clamp(max=max_beta)
 
@@ -87,7 +87,7 @@ def linear_schedule(timesteps: int = 1000) -> NoiseSchedule:
     """Ho et al. (2020): ``β`` linear from 1e-4 to 0.02 for ``T = 1000``, scaled by
     ``1000 / T`` for other ``T`` (as in Nichol & Dhariwal, 2021)."""
     scale = 1000 / timesteps
-    betas = torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+    betas = torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64, device="cpu")
     return NoiseSchedule.from_betas("linear", betas)
 
 
@@ -110,8 +110,8 @@ def sigmoid_schedule(
     """Sigmoid schedule (Jabri et al., 2022; Chen, 2023):
     ``ᾱ(t) ∝ sigmoid(end/τ) - sigmoid((t(end - start) + start)/τ)``, normalised to
     ``ᾱ(0) = 1``, ``β`` clipped at 0.999."""
-    v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
-    v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+    v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64, device="cpu"))
+    v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64, device="cpu"))
 
     def alpha_bar(t):
         return (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)

@@ -8,6 +8,8 @@ call it without an import cycle.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,10 +63,33 @@ def _meta_model(name: str, overrides: dict[str, Any]) -> Any:
     import torch
 
     try:
-        with torch.device("meta"):
+        with _without_weight_init(), torch.device("meta"):
             return MODELS.create(name, **overrides)
     except Exception:  # a bad config or a model that needs real tensors to build
         return None
+
+
+@contextmanager
+def _without_weight_init() -> Iterator[None]:
+    """Make ``torch.nn.init``'s in-place initialisers no-ops for the block: a meta tensor
+    has no values to initialise, and on the meta device those initialisers run through
+    Python decompositions that import ``torch._dynamo`` (about 2 s on a CPU), where the
+    meta build itself takes milliseconds."""
+    import torch
+
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, _unchanged)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
+def _unchanged(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+    return tensor
 
 
 def _check_size(name: str, meta: Any) -> None:
