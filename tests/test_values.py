@@ -230,7 +230,7 @@ def test_a_small_folder_with_a_huge_config_allocates_nothing(tmp_path):
 def test_json_files_are_read_with_a_size_bound(tmp_path):
     path = tmp_path / "config.json"
     path.write_text("[" + "0," * (MAX_JSON_BYTES // 2) + "0]")
-    with pytest.raises(CheckpointError, match="too large for a genmnist JSON file"):
+    with pytest.raises(CheckpointError, match="too large for a genmnist JSON or config file"):
         read_json(path)
 
 

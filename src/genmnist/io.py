@@ -182,19 +182,26 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file of at most `MAX_JSON_BYTES` (`CheckpointError` for
+    anything else: a folder, a FIFO, a file too large)."""
+    if problem := file_problem(path):
+        raise CheckpointError(f"{path}: {problem}")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise CheckpointError(
+            f"{path}: too large for a genmnist JSON or config file "
+            f"(over {MAX_JSON_BYTES // 2**20} MB)"
+        )
+    return raw
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file, raising `CheckpointError` with the file name on failure."""
     path = Path(path)
-    if problem := file_problem(path):
-        raise CheckpointError(f"{path}: {problem}")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
-            raise CheckpointError(
-                f"{path}: too large for a genmnist JSON file (over {MAX_JSON_BYTES // 2**20} MB)"
-            )
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(_read_bounded(path).decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -204,6 +211,31 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
     except OSError as exc:  # a folder, no permission, ...
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def check_same_tensors(
+    expected: Mapping[str, tuple[int, ...]],
+    found: Mapping[str, tuple[int, ...]],
+    path: str | os.PathLike[str],
+    needs: str = "the config",
+) -> None:
+    """`CheckpointError` naming the weights file ``path`` unless ``found`` (name -> shape,
+    from the file) has exactly the names and shapes ``expected`` (what ``needs``, e.g.
+    "the config", implies)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match {needs} "
+            f"(missing: {', '.join(missing[:5]) or 'none'}; "
+            f"unexpected: {', '.join(unexpected[:5]) or 'none'})"
+        )
+    for key, shape in found.items():
+        if tuple(shape) != tuple(expected[key]):
+            raise CheckpointError(
+                f"{path}: tensor '{key}' has shape {tuple(shape)}, {needs} needs "
+                f"{tuple(expected[key])}"
+            )
 
 
 #: Config file formats `read_config_file` reads, by file suffix.
@@ -223,14 +255,8 @@ def read_config_file(path: str | os.PathLike[str]) -> Any:
     kind = CONFIG_SUFFIXES.get(path.suffix.lower(), "JSON")
     if kind == "JSON":
         return read_json(path)
-    if problem := file_problem(path):
-        raise CheckpointError(f"{path}: {problem}")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
-            raise CheckpointError(f"{path}: too large for a config file")
-        text = raw.decode("utf-8")
+        text = _read_bounded(path).decode("utf-8")
         if kind == "TOML":
             return _toml().loads(text)
         import yaml

@@ -31,7 +31,13 @@ from torch import nn
 
 from genmnist._version import __version__
 from genmnist.errors import CheckpointError, ConfigError, SamplingError
-from genmnist.io import load_tensors, save_tensors, to_json_value, write_json
+from genmnist.io import (
+    check_same_tensors,
+    load_tensors,
+    save_tensors,
+    to_json_value,
+    write_json,
+)
 from genmnist.nn.modes import evaluating
 from genmnist.registry import MODELS
 from genmnist.run_folder import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
@@ -523,20 +529,11 @@ class GenerativeModel(nn.Module):
         tensors, _ = load_tensors(path)
         tensors = self.migrate_weights(tensors)
         own = self.state_dict()
-        missing = sorted(set(own) - set(tensors))
-        unexpected = sorted(set(tensors) - set(own))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: weights do not match the config "
-                f"(missing: {', '.join(missing[:5]) or 'none'}; "
-                f"unexpected: {', '.join(unexpected[:5]) or 'none'})"
-            )
-        for key, value in tensors.items():
-            if value.shape != own[key].shape:
-                raise CheckpointError(
-                    f"{path}: tensor '{key}' has shape {tuple(value.shape)}, "
-                    f"the config needs {tuple(own[key].shape)}"
-                )
+        check_same_tensors(
+            {k: tuple(v.shape) for k, v in own.items()},
+            {k: tuple(v.shape) for k, v in tensors.items()},
+            path,
+        )
         cast = {k: v.to(own[k].dtype) for k, v in tensors.items()}
         for key, value in cast.items():  # float64 beyond float32's range becomes inf here
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):

@@ -116,7 +116,7 @@ def _check_weights_file(name: str, config: dict[str, Any], path: Path) -> None:
     """
     import torch
 
-    from genmnist.io import file_problem
+    from genmnist.io import check_same_tensors, file_problem
 
     if file_problem(path):
         return  # reading the weights says what is wrong with the file
@@ -134,20 +134,12 @@ def _check_weights_file(name: str, config: dict[str, Any], path: Path) -> None:
         own = meta.state_dict()
     except Exception:  # a damaged file: reading the weights says how
         return
-    missing = sorted(set(own) - set(saved))
-    unexpected = sorted(set(saved) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not match the config in {path.parent / CONFIG_FILE} "
-            f"(missing: {', '.join(missing[:5]) or 'none'}; "
-            f"unexpected: {', '.join(unexpected[:5]) or 'none'})"
-        )
-    for key, value in saved.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise CheckpointError(
-                f"{path}: tensor '{key}' has shape {tuple(value.shape)}, "
-                f"the config in {path.parent / CONFIG_FILE} needs {tuple(own[key].shape)}"
-            )
+    check_same_tensors(
+        {k: tuple(v.shape) for k, v in own.items()},
+        {k: tuple(v.shape) for k, v in saved.items()},
+        path,
+        needs=f"the config in {path.parent / CONFIG_FILE}",
+    )
 
 
 def pretrained_dir(name: str, dataset: str = "mnist") -> Path | None:
