@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from genmnist.diffusion import SAMPLERS, Denoiser, autoguidance, sample_images, spaced_timesteps
+from genmnist.diffusion import Denoiser, autoguidance
 from genmnist.diffusion.guidance import check_scale
 from genmnist.errors import ConfigError
 from genmnist.io import write_json
@@ -98,13 +98,8 @@ class Autoguided(GenerativeModel):
         callback=None,
     ) -> torch.Tensor:
         """Sample one batch; the sampler, steps and spacing default to the model's."""
-        cfg, schedule = self.model.config, self.model.schedule
-        timesteps = spaced_timesteps(
-            schedule.timesteps, steps or cfg.sampling_steps, spacing or cfg.spacing, schedule
-        )
         denoise = self.denoiser(None, guidance)
-        sample_fn = SAMPLERS.get(sampler or cfg.sampler)
-        return sample_images(sample_fn, denoise, noise, schedule, timesteps, callback)
+        return self.model.sample_with(denoise, noise, sampler, steps, spacing, callback)
 
     def training_loss(self, images, labels, step, phase="model"):
         raise ConfigError(

@@ -281,12 +281,25 @@ class DDPM(GenerativeModel):
         """Sample one batch from per-sample ``noise`` (``labels``: conditional models);
         sampler, steps, spacing, guidance scale and interval default to the config's;
         ``callback(i, x_t, x0_hat)`` sees each step, images in ``[0, 1]``."""
+        labels = self.conditioning.sampling_labels(noise, labels)
+        denoise = self.denoiser(labels, guidance, guidance_interval)
+        return self.sample_with(denoise, noise, sampler, steps, spacing, callback)
+
+    def sample_with(
+        self,
+        denoise: Denoiser,
+        noise: SampleNoise,
+        sampler: str | None = None,
+        steps: int | None = None,
+        spacing: str | None = None,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Run a sampler over ``denoise`` on this model's schedule, with the sampler, steps
+        and spacing given or the config's (for composites that guide this model)."""
         cfg = self.config
         sample_fn = SAMPLERS.get(sampler or cfg.sampler)
         steps, spacing = steps or cfg.sampling_steps, spacing or cfg.spacing
         timesteps = spaced_timesteps(self.schedule.timesteps, steps, spacing, self.schedule)
-        labels = self.conditioning.sampling_labels(noise, labels)
-        denoise = self.denoiser(labels, guidance, guidance_interval)
         return sample_images(sample_fn, denoise, noise, self.schedule, timesteps, callback)
 
 

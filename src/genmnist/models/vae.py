@@ -292,23 +292,27 @@ MODELS.register(
     latent_dim=64,
     norm="batch",
 )
+#: What the two mixture-prior presets share: a small latent with a lighter KL weight
+#: reconstructs sharply, and the prior fitted to the training codes draws only where the
+#: decoder was trained (see their cards).
+_MIXTURE_PRIOR_VAE = dict(
+    encoder="conv",
+    decoder="conv",
+    hidden_dims=(32, 64, 128),
+    latent_dim=16,
+    beta=0.5,
+    norm="batch",
+    prior="gmm",
+)
 MODELS.register(
     "vae-gmm",
     VAE,
     description="Convolutional VAE (latent 16, beta 0.5) sampled from a 1000-component "
     "Gaussian mixture fitted to its training codes",
-    encoder="conv",
-    decoder="conv",
-    hidden_dims=(32, 64, 128),
-    # A small latent with a lighter KL weight reconstructs sharply, and the mixture prior
-    # draws only where the decoder was trained (see its card): over 10,000 samples, 1000
-    # components beat 400 (acceptability 93.4% against 91.9% at temperature 1, recall
-    # 0.69 against 0.67), and 1.15 is the warmest temperature that keeps acceptability
-    # at 90% (90.6%, recall 0.74; at 1.2: 89.5%, 0.75).
-    latent_dim=16,
-    beta=0.5,
-    norm="batch",
-    prior="gmm",
+    **_MIXTURE_PRIOR_VAE,
+    # Over 10,000 samples, 1000 components beat 400 (acceptability 93.4% against 91.9% at
+    # temperature 1, recall 0.69 against 0.67), and 1.15 is the warmest temperature that
+    # keeps acceptability at 90% (90.6%, recall 0.74; at 1.2: 89.5%, 0.75).
     prior_components=1000,
     temperature=1.15,
 )
@@ -317,20 +321,14 @@ MODELS.register(
     VAE,
     description="Class-conditional convolutional VAE (label in encoder and decoder), "
     "sampled from one Gaussian mixture per class fitted to its training codes",
-    encoder="conv",
-    decoder="conv",
-    hidden_dims=(32, 64, 128),
-    # Measured over 10,000 samples (see its card): latent 16 with beta 0.5 and a
-    # 10-component mixture per class reach FID 0.92, acceptability 93.9%, recall 0.69 and
-    # conditional accuracy 96.9% at temperature 1, where the latent-8, beta-1 model it
-    # replaces needed temperature 0.65 on its N(0, I) prior for 81% acceptability (recall
-    # 0.23). 0.9 keeps acceptability >= 95% and recall >= 0.6 with the best conditional
-    # accuracy (96.3%, 0.61, 98.3%; at 0.8: 97.9%, 0.51, 99.2%).
-    latent_dim=16,
-    beta=0.5,
-    norm="batch",
+    **_MIXTURE_PRIOR_VAE,
     num_classes=10,
-    prior="gmm",
+    # Over 10,000 samples, a 10-component mixture per class reaches FID 0.92,
+    # acceptability 93.9%, recall 0.69 and conditional accuracy 96.9% at temperature 1,
+    # where the latent-8, beta-1 model it replaces needed temperature 0.65 on its N(0, I)
+    # prior for 81% acceptability (recall 0.23). 0.9 keeps acceptability >= 95% and
+    # recall >= 0.6 with the best conditional accuracy (96.3%, 0.61, 98.3%; at 0.8: 97.9%,
+    # 0.51, 99.2%).
     prior_components=10,
     temperature=0.9,
 )
