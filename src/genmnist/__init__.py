@@ -22,6 +22,8 @@ _EXPORTS = {
     "DDPM": "genmnist.models.ddpm",
     "DDPMConfig": "genmnist.models.ddpm",
     "Autoguided": "genmnist.models.autoguided",
+    "FlowMatching": "genmnist.models.flow",
+    "FlowConfig": "genmnist.models.flow",
     "GAN": "genmnist.models.gan",
     "GANConfig": "genmnist.models.gan",
     "VAE": "genmnist.models.vae",

@@ -55,18 +55,27 @@ DataDirOption = Annotated[
 CheckpointOption = Annotated[
     Path | None, typer.Option(help="Run or model folder (default: shipped weights).")
 ]
-# Diffusion sampling options, shared by `sample` and `eval` (other models refuse them).
+# Diffusion and flow sampling options, shared by `sample` and `eval` (other models
+# refuse them).
 SamplerOption = Annotated[
-    str | None, typer.Option(help="Diffusion sampler: ddim, dpmpp-2m, ddpm, euler, heun.")
+    str | None,
+    typer.Option(
+        help="Sampler: ddim, dpmpp-2m, ddpm, euler, heun (diffusion); euler, midpoint, heun, "
+        "adaptive (flow)."
+    ),
 ]
-StepsOption = Annotated[int | None, typer.Option(min=1, help="Diffusion sampling steps.")]
+StepsOption = Annotated[int | None, typer.Option(min=1, help="Diffusion or flow sampling steps.")]
 SpacingOption = Annotated[
     str | None, typer.Option(help="Diffusion step spacing: uniform, trailing or log-snr.")
+]
+TimeShiftOption = Annotated[
+    float | None,
+    typer.Option(help="Flow sampling-time shift: 1 even, above 1 more steps near pure noise."),
 ]
 GuidanceOption = Annotated[
     float | None,
     typer.Option(
-        help="Guidance scale of a diffusion model that takes one: classifier-free guidance "
+        help="Guidance scale of a diffusion or flow model that takes one: classifier-free guidance "
         "toward a label or the model's own clusters, or autoguidance; 1 turns it off.",
     ),
 ]
@@ -213,7 +222,7 @@ def sampling_usage(options: dict[str, Any] | None = None) -> Iterator[None]:
         message = str(exc)
         for option in options or {}:
             if message.startswith(f"{option} "):
-                message = f"--{message}"
+                message = f"--{option.replace('_', '-')}{message[len(option) :]}"
         raise UsageProblem(message) from None
 
 

@@ -11,6 +11,10 @@ outside the model, in any order, and samplers never know it is there:
   the plain one elsewhere (Kynkäänniemi et al., 2024): guidance at high noise is what
   drops modes, and at low noise it does nothing useful.
 
+The same wrappers guide a flow model's velocity ``v = f(x_t, t)``: at a fixed ``x_t`` a
+velocity is an affine function of the clean-data estimate, so mixing velocities is
+mixing estimates. `guide` builds what a model with labels usually needs.
+
 Adding a guidance method is writing one such function.
 """
 
@@ -18,11 +22,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
-from genmnist.diffusion.schedules import NoiseSchedule
 from genmnist.errors import ConfigError
+
+if TYPE_CHECKING:
+    from genmnist.diffusion.schedules import NoiseSchedule
+    from genmnist.flow.path import LinearPath
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LabelledPredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -110,7 +119,7 @@ def check_interval(interval: tuple[float, float]) -> tuple[float, float]:
 def limited_interval(
     guided: Denoiser,
     plain: Denoiser,
-    schedule: NoiseSchedule,
+    noise_levels: NoiseSchedule | LinearPath,
     interval: tuple[float, float],
 ) -> Denoiser:
     """Use ``guided`` only where the noise level lies in ``interval``, ``plain`` elsewhere
@@ -120,7 +129,8 @@ def limited_interval(
     Args:
         guided: The guided denoiser (e.g. from `classifier_free_guidance`).
         plain: The same model unguided (the conditional prediction alone).
-        schedule: Gives each step's log signal-to-noise ratio.
+        noise_levels: Gives each step's log signal-to-noise ratio: a diffusion model's
+            `NoiseSchedule`, or a flow's `genmnist.flow.LinearPath`.
         interval: ``(low, high)`` in log-SNR, ``log(alpha_t^2 / sigma_t^2)``: guidance
             applies where ``low <= log_snr(t) <= high``. High noise is low log-SNR; the
             interval Kynkäänniemi et al. found best for EDM2, sigma in (0.28, 5.42], is
@@ -132,7 +142,7 @@ def limited_interval(
     low, high = check_interval(interval)
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        log_snr = schedule.log_snr(t.cpu())
+        log_snr = noise_levels.log_snr(t.cpu())
         inside = ((log_snr >= low) & (log_snr <= high)).to(x.device)
         if bool(inside.all()):
             return guided(x, t)
@@ -141,3 +151,35 @@ def limited_interval(
         return torch.where(inside[:, None, None, None], guided(x, t), plain(x, t))
 
     return denoise
+
+
+def guidance_problem(num_labels: int, label_dropout: float) -> str | None:
+    """Why a network with ``num_labels`` labels (classes or clusters), trained with
+    ``label_dropout``, takes no classifier-free guidance (None when it does), worded to
+    follow the model's name: guidance needs labels and an unconditional prediction learned
+    through label dropout."""
+    if num_labels == 0:
+        return "is unconditional, with neither classes nor clusters to guide toward"
+    if label_dropout == 0:
+        return (
+            "was trained without label dropout (as a guidance-distilled model is), so it "
+            "has no unconditional prediction to guide against"
+        )
+    return None
+
+
+def guide(
+    predict: LabelledPredictor,
+    labels: torch.Tensor,
+    null_label: int,
+    scale: float,
+    interval: tuple[float, float] | None,
+    noise_levels: NoiseSchedule | LinearPath,
+) -> Denoiser:
+    """Classifier-free guidance of ``predict(x, t, labels)`` at ``scale``, limited to the
+    log-SNR ``interval`` when one is given (see `limited_interval`)."""
+    guided = classifier_free_guidance(predict, labels, null_label, scale)
+    if interval is None or scale == 1.0:
+        return guided
+    plain = partial(predict, labels=labels)
+    return limited_interval(guided, plain, noise_levels, interval)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from genmnist.models.autoguided import Autoguided, AutoguidedConfig
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.models.ddpm import DDPM, DDPMConfig
+from genmnist.models.flow import FlowConfig, FlowMatching
 from genmnist.models.gan import GAN, GANConfig
 from genmnist.models.loading import (
     CARD_FILE,
@@ -27,6 +28,8 @@ __all__ = [
     "AutoguidedConfig",
     "DDPM",
     "DDPMConfig",
+    "FlowConfig",
+    "FlowMatching",
     "GAN",
     "GANConfig",
     "VAE",

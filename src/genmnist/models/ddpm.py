@@ -23,12 +23,10 @@ from genmnist.diffusion import (
     SAMPLERS,
     SCHEDULES,
     Denoiser,
-    classifier_free_guidance,
-    limited_interval,
     sample_images,
     spaced_timesteps,
 )
-from genmnist.diffusion.guidance import check_interval, check_scale
+from genmnist.diffusion.guidance import check_interval, check_scale, guidance_problem, guide
 from genmnist.diffusion.samplers import check_spacing
 from genmnist.errors import CheckpointError, ConfigError
 from genmnist.losses import DIFFUSION_WEIGHTINGS, diffusion_mse
@@ -171,14 +169,7 @@ class DDPM(GenerativeModel):
         """Why this model takes no guidance scale (None when it does), worded to follow
         its name: guidance needs labels (classes or clusters) and an unconditional
         prediction learned through label dropout."""
-        if self.conditioning.num_labels == 0:
-            return "is unconditional, with neither classes nor clusters to guide toward"
-        if self.config.label_dropout == 0:
-            return (
-                "was trained without label dropout (as a guidance-distilled model is), so it "
-                "has no unconditional prediction to guide against"
-            )
-        return None
+        return guidance_problem(self.conditioning.num_labels, self.config.label_dropout)
 
     def _alpha_sigma(self, t: torch.Tensor, like: torch.Tensor):
         alpha = self.schedule.alpha(t.cpu()).to(like.device, torch.float32)
@@ -220,14 +211,9 @@ class DDPM(GenerativeModel):
                 raise ConfigError(f"model '{self.name}' {problem}: it takes no guidance")
             return partial(self.predict_x0, labels=labels)
         scale = self.config.guidance_scale if guidance is None else guidance
-        guided = classifier_free_guidance(
-            self.predict_x0, labels, self.conditioning.null_label, scale
-        )
         interval = guidance_interval or self.config.guidance_interval
-        if interval is None or scale == 1.0:
-            return guided
-        plain = partial(self.predict_x0, labels=labels)
-        return limited_interval(guided, plain, self.schedule, interval)
+        null = self.conditioning.null_label
+        return guide(self.predict_x0, labels, null, scale, interval, self.schedule)
 
     # ----------------------------------------------------------------- training
     def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:

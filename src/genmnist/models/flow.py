@@ -1,0 +1,211 @@
+"""Flow matching: ``flow`` (unconditional, or conditioned on clusters it finds in its
+training images) and ``flow-cfg`` (class-conditional).
+
+The network is the diffusion models' U-Net, trained to predict the velocity of the
+straight path from data to noise (`genmnist.flow.LinearPath`); sampling integrates that
+velocity from noise to data with an ODE sampler from `genmnist.flow.FLOW_SAMPLERS`. The
+conditioning (classes, clusters) and the guidance (classifier-free, limited to a noise
+interval) are the parts the diffusion models use. Images are scaled to ``[-1, 1]`` inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from genmnist.conditioning import conditioning_for, drop_labels
+from genmnist.diffusion.guidance import check_interval, check_scale, guidance_problem, guide
+from genmnist.errors import ConfigError
+from genmnist.flow import FLOW_SAMPLERS, TIME_DISTRIBUTIONS, LinearPath, flow_times, sample_flow
+from genmnist.flow.samplers import Velocity
+from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
+from genmnist.nn.unet import UNet
+from genmnist.registry import MODELS
+
+if TYPE_CHECKING:
+    from genmnist.data import InMemoryDataset
+
+
+@dataclass
+class FlowConfig(ModelConfig):
+    """Architecture, training times and sampling defaults of a `FlowMatching` model.
+
+    Attributes:
+        channels: U-Net channels per level (28, 14, 7 pixels).
+        blocks_per_level: Residual blocks per U-Net level.
+        attention_levels: U-Net levels with self-attention.
+        dropout: Dropout in residual blocks.
+        time_distribution: Where training times fall, a name in
+            `genmnist.flow.TIME_DISTRIBUTIONS` (``logit-normal``, ``uniform``).
+        label_dropout: Share of training labels replaced by the null label, which teaches
+            the unconditional velocity that classifier-free guidance needs.
+        clusters: Condition an unconditional model on this many k-means clusters of its
+            training images; sampling draws each image's cluster by its share. 0: off.
+        sampler: Default ODE sampler, a name in `genmnist.flow.FLOW_SAMPLERS`.
+        sampling_steps: Default number of sampler steps (``euler`` evaluates the network
+            once per step, ``midpoint`` and ``heun`` twice).
+        time_shift: Default spacing of the sampling times (see `genmnist.flow.flow_times`):
+            1 even, above 1 more steps near pure noise.
+        guidance_scale: Default classifier-free guidance scale (models with labels or
+            clusters trained with label dropout); 1 turns guidance off.
+        guidance_interval: Default log-SNR interval ``[low, high]`` outside which guidance
+            is off (see `genmnist.diffusion.guidance.limited_interval`); None: everywhere.
+        epochs: Default number of training epochs.
+    """
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    blocks_per_level: int = 1
+    attention_levels: tuple[int, ...] = (2,)
+    dropout: float = 0.0
+    time_distribution: str = "logit-normal"
+    label_dropout: float = 0.1
+    clusters: int = 0
+    sampler: str = "midpoint"
+    sampling_steps: int = 4
+    time_shift: float = 1.0
+    guidance_scale: float = 1.0
+    guidance_interval: tuple[float, float] | None = None
+    epochs: int = 10
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 200
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = 0.999
+
+
+class FlowMatching(GenerativeModel):
+    """Flow matching (Lipman et al., 2023) on the straight path of rectified flow (Liu et
+    al., 2022): a U-Net learns the velocity ``eps - x`` of ``x_t = (1 - t) x + t eps`` by
+    regression, and sampling follows it from noise to data with an ODE sampler. Conditioned
+    on class labels or its own clusters (or nothing), with classifier-free guidance, limited
+    to a noise interval if asked, when trained with label dropout."""
+
+    config_class = FlowConfig
+    default_name = "flow"
+    bf16_helps = True  # the same U-Net as the diffusion models
+    sampling_precision = "bf16"
+    sampling_options = (
+        "sampler",
+        "steps",
+        "time_shift",
+        "guidance",
+        "guidance_interval",
+        "callback",
+    )
+    config: FlowConfig
+
+    def __init__(self, config: FlowConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        cfg = self.config
+        self.path = LinearPath()
+        self.time_distribution = TIME_DISTRIBUTIONS.get(cfg.time_distribution)
+        FLOW_SAMPLERS.get(cfg.sampler)  # fail early on an unknown default sampler
+        flow_times(cfg.sampling_steps, cfg.time_shift)  # ... and on unusable step settings
+        if not 0.0 <= cfg.label_dropout < 1.0:
+            raise ConfigError("label_dropout must be in [0, 1)")
+        check_scale(cfg.guidance_scale)
+        if cfg.guidance_interval is not None:
+            check_interval(cfg.guidance_interval)
+        self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters)
+        self.unet = UNet(
+            channels=tuple(cfg.channels),
+            blocks_per_level=cfg.blocks_per_level,
+            attention_levels=tuple(cfg.attention_levels),
+            num_classes=self.conditioning.num_labels,
+            dropout=cfg.dropout,
+        )
+
+    # ----------------------------------------------------------------- velocity
+    @property
+    def guidance_problem(self) -> str | None:
+        """Why this model takes no guidance scale (None when it does)."""
+        return guidance_problem(self.conditioning.num_labels, self.config.label_dropout)
+
+    def predict_velocity(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The U-Net's velocity at ``x_t`` for times ``t`` ``(b,)`` in ``[0, 1]``."""
+        return self.unet(x, t * self.path.time_scale, labels).float()
+
+    def velocity(
+        self,
+        labels: torch.Tensor | None = None,
+        guidance: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+    ) -> Velocity:
+        """The velocity field ``v = velocity(x_t, t)`` that samplers integrate, for the
+        network's ``labels`` (classes or clusters), with classifier-free guidance at scale
+        ``guidance`` limited to ``guidance_interval`` (defaults: the config's) when the
+        model takes guidance.
+
+        Raises:
+            ConfigError: guidance is asked of a model that takes none, or its values are
+                not usable.
+        """
+        problem = self.guidance_problem
+        if problem is not None:
+            if guidance is not None or guidance_interval is not None:
+                raise ConfigError(f"model '{self.name}' {problem}: it takes no guidance")
+            return partial(self.predict_velocity, labels=labels)
+        scale = self.config.guidance_scale if guidance is None else guidance
+        interval = guidance_interval or self.config.guidance_interval
+        null = self.conditioning.null_label
+        return guide(self.predict_velocity, labels, null, scale, interval, self.path)
+
+    # ----------------------------------------------------------------- training
+    def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
+        """Fit the conditioning (clusters) on the training split for a new run."""
+        if not resume:
+            self.conditioning.prepare(data)
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
+    ) -> dict[str, torch.Tensor]:
+        x = images * 2 - 1
+        eps = torch.randn_like(x)
+        t = self.time_distribution(x.shape[0], x.device)
+        cond = self.conditioning.training_labels(images, labels)
+        cond = drop_labels(cond, self.conditioning.null_label, self.config.label_dropout)
+        prediction = self.predict_velocity(self.path.interpolate(x, eps, t), t, cond)
+        return {"loss": torch.mean((prediction - self.path.velocity(x, eps)) ** 2)}
+
+    # ----------------------------------------------------------------- sampling
+    def generate(
+        self,
+        noise: SampleNoise,
+        labels: torch.Tensor | None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        time_shift: float | None = None,
+        guidance: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Sample one batch from per-sample ``noise`` (``labels``: conditional models);
+        sampler, steps, time shift, guidance scale and interval default to the config's;
+        ``callback(i, x_t, x0_hat)`` sees each step, images in ``[0, 1]``."""
+        cfg = self.config
+        labels = self.conditioning.sampling_labels(noise, labels)
+        velocity = self.velocity(labels, guidance, guidance_interval)
+        sample_fn = FLOW_SAMPLERS.get(sampler or cfg.sampler)
+        shift = cfg.time_shift if time_shift is None else time_shift
+        times = flow_times(steps or cfg.sampling_steps, shift)
+        return sample_flow(sample_fn, velocity, noise, times, callback)
+
+
+MODELS.register(
+    "flow",
+    FlowMatching,
+    description="Flow matching (rectified flow): U-Net velocity, few-step ODE sampling; "
+    "may condition on k-means clusters of its training images",
+)
+MODELS.register(
+    "flow-cfg",
+    FlowMatching,
+    description="Class-conditional flow matching with classifier-free guidance",
+    num_classes=10,
+)
