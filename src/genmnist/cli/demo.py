@@ -26,9 +26,11 @@ def demo(
     """Start the local web demo: sample, interpolate, watch denoising, compare models."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage pings
     try:
-        import gradio  # noqa: F401
+        import gradio
     except ImportError:
-        raise GenmnistError(f"the demo needs Gradio, which is not installed: {INSTALL}") from None
+        gradio = None
+    if not hasattr(gradio, "Blocks"):  # not installed (or a stray gradio/ folder on the path)
+        raise GenmnistError(f"the demo needs Gradio, which is not installed: {INSTALL}")
     from genmnist.demo.app import launch
 
     launch(host, port)
