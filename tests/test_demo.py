@@ -67,7 +67,7 @@ def test_integer_takes_what_a_form_sends(value, expected):
         (float("nan"), "got nan"),
         (65, "got 65"),
         (-1, "got -1"),
-        (True, "it is empty"),
+        (True, "got True"),
     ],
 )
 def test_integer_refuses_in_one_line_naming_the_range(value, fragment):

@@ -68,8 +68,10 @@ def integer(value: Any, what: str, low: int, high: int) -> int:
     """``value`` (a number or a string, as a form sends it) as an integer in
     ``[low, high]``; else a `ConfigError` naming ``what`` and the range."""
     wanted = f"{what} must be a whole number from {low} to {high}"
-    if value is None or isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise ConfigError(f"{wanted}; it is empty")
+    if isinstance(value, bool):
+        raise ConfigError(f"{wanted}, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -252,7 +254,9 @@ DEFAULT_FIELDS = {
 }
 
 
-def controls(name: str | None, dataset: str, checkpoint: str | None = None, store=None) -> Controls:
+def controls(
+    name: str | None, dataset: str, checkpoint: str | None = None, store: ModelStore | None = None
+) -> Controls:
     """The controls that apply to the model a picker (or a checkpoint folder) names."""
     loaded = (store or STORE).get(name, dataset, checkpoint)
     model = loaded.model
