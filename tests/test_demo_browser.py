@@ -60,6 +60,14 @@ def demo_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
 
 
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def demo_url(tmp_path_factory):
     """The URL of ``genmnist demo`` started on a free port (stopped after the tests)."""
@@ -80,19 +88,13 @@ def demo_url(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + START_TIMEOUT
-        while True:
+        announced = f"genmnist demo: http://127.0.0.1:{port} (Ctrl-C stops it)"
+        while not (announced in log.read_text() and answers(url)):
             if process.poll() is not None:
                 pytest.fail(f"genmnist demo exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
             if time.monotonic() > deadline:
                 pytest.fail(f"genmnist demo did not serve {url} in {START_TIMEOUT} s")
             time.sleep(0.5)
-        assert f"genmnist demo: http://127.0.0.1:{port}" in log.read_text()
         yield url
     finally:
         process.terminate()
