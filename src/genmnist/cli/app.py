@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from genmnist.cli import evaluate, models, sample, train
+from genmnist.cli import demo, evaluate, models, sample, train
 from genmnist.errors import GenmnistError
 
 app = typer.Typer(
@@ -55,6 +55,7 @@ app.command("sample")(sample.sample)
 app.command("eval")(evaluate.eval_command)
 app.command("compare")(evaluate.compare_command)
 app.command("train-evaluator")(evaluate.train_evaluator_command)
+app.command("demo")(demo.demo)
 
 
 #: Values of ``GENMNIST_DEBUG`` that mean "off" (compared case-insensitively, stripped).
