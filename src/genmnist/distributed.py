@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from genmnist.errors import ConfigError
+from genmnist.threads import cpu_count
 
 #: How long a collective may wait for the other processes before failing (a rank that
 #: died leaves the others waiting at most this long when torchrun does not stop them).
@@ -140,14 +141,6 @@ def check_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"--device: genmnist does not train on '{device.type}'; {usage}")
     return device
-
-
-def cpu_count() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def threads_per_process(processes: int) -> int:

@@ -17,6 +17,7 @@ import typer
 
 from genmnist.cli import demo, evaluate, models, sample, train
 from genmnist.errors import GenmnistError
+from genmnist.threads import apply_thread_policy
 
 app = typer.Typer(
     name="genmnist",
@@ -77,6 +78,8 @@ def exit_code(exc: GenmnistError) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``genmnist`` script."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if "torch" not in sys.modules:  # too late once torch has started its thread pool
+        apply_thread_policy()
     debug = debug_enabled()
     previous_format = warnings.formatwarning
     if not debug:  # warnings (a broken plugin...) in one line too, without source lines

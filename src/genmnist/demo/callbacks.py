@@ -120,10 +120,12 @@ def label_choices(dataset: str) -> list[tuple[str, str]]:
 
 
 def sampler_choices() -> list[str]:
-    """The sampler picker's values: `DEFAULT_SAMPLER`, then every registered sampler."""
+    """The sampler picker's values: `DEFAULT_SAMPLER`, then every registered diffusion and
+    flow sampler (a model refuses another family's sampler with a visible message)."""
     from genmnist.diffusion import SAMPLERS
+    from genmnist.flow import FLOW_SAMPLERS
 
-    return [DEFAULT_SAMPLER, *SAMPLERS.list()]
+    return [DEFAULT_SAMPLER, *sorted(set(SAMPLERS.list()) | set(FLOW_SAMPLERS.list()))]
 
 
 # ------------------------------------------------------------------------------ models
