@@ -29,7 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE_ROOT = REPO / "src" / "genmnist" / "pretrained"
 DOCS_PAGE = REPO / "docs" / "pretrained.md"
 #: Card order on the docs page: by family, simple to elaborate.
-ORDER = ["vae-mlp", "vae-conv", "vae-gmm", "cvae", "gan-mlp", "dcgan", "cgan", "ddpm", "ddpm-cfg"]
+ORDER = [
+    "vae-mlp", "vae-conv", "vae-gmm", "cvae", "gan-mlp", "dcgan", "cgan", "ddpm", "ddpm-cfg",
+    "flow", "flow-cfg",
+]  # fmt: skip
 DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 #: Metrics a card shows, in order: key, label, format.
 CARD_METRICS = [
@@ -45,6 +48,16 @@ CARD_METRICS = [
     ("elbo", "test ELBO (nats / image)", ".1f"),
     ("images_per_second", "sampling images / s (CPU, batch 1000)", ",.0f"),
 ]
+
+
+#: Sampling options a sweep can vary, with the type of their values.
+SWEEPABLE = {
+    "steps": int,
+    "guidance": float,
+    "temperature": float,
+    "time_shift": float,
+    "sampler": str,
+}
 
 
 def card_path(dataset: str, name: str) -> Path:
@@ -106,12 +119,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     # --checkpoint: measure another model for this card, such as a distilled model's
     # teacher over the guidance scale the student learned
     model = genmnist.load(args.checkpoint or args.name, dataset=args.dataset)
-    if args.steps:
-        option, values = "steps", [int(v) for v in args.steps]
-    elif args.guidance:
-        option, values = "guidance", [float(v) for v in args.guidance]
-    else:
-        option, values = "temperature", [float(v) for v in args.temperature]
+    option, kind = next((o, k) for o, k in SWEEPABLE.items() if getattr(args, o))
+    values = [kind(v) for v in getattr(args, option)]
     fixed = {k: json_or_text(v) for k, v in (item.split("=", 1) for item in args.set)}
     rows = []
     for value in values:
@@ -124,7 +133,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                 row[key] = rounded(result[key])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    extra = "".join(f" --{k} {v}" for k, v in fixed.items()) + f" --{option} VALUE"
+    flag = option.replace("_", "-")
+    extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in fixed.items())
+    extra += f" --{flag} VALUE"
     if args.checkpoint:
         extra = f" --checkpoint {args.checkpoint}" + extra
     card = read_card(args.dataset, args.name)  # again: other steps may have written it
@@ -264,8 +275,8 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
         of = f" of `{sweep['checkpoint']}`" if sweep.get("checkpoint") else ""
         out += [
             "",
-            f"Trade-off over `--{option}`{of} (n = {sweep['n']:,}, so FID reads higher "
-            f"than at 10,000; times from a shared CPU; `{sweep['command']}`):",
+            f"Trade-off over `--{option.replace('_', '-')}`{of} (n = {sweep['n']:,}, so FID "
+            f"reads higher than at 10,000; times from a shared CPU; `{sweep['command']}`):",
             "",
         ]
         titles = {
@@ -307,9 +318,8 @@ def main() -> None:
         "--set", nargs="*", default=[], help="fixed sampling options, e.g. spacing=log-snr"
     )
     group = sweep.add_mutually_exclusive_group(required=True)
-    group.add_argument("--steps", nargs="+")
-    group.add_argument("--guidance", nargs="+")
-    group.add_argument("--temperature", nargs="+")
+    for option in SWEEPABLE:
+        group.add_argument(f"--{option.replace('_', '-')}", nargs="+")
     sweep.set_defaults(run=cmd_sweep)
     docs = sub.add_parser("docs", help="render docs/pretrained.md")
     docs.set_defaults(run=cmd_docs)
