@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from genmnist.cli import evaluate, models, sample, train
+from genmnist.cli import evaluate, export, models, sample, train
 from genmnist.errors import GenmnistError
 
 app = typer.Typer(
@@ -54,6 +54,7 @@ app.command("train")(train.train)
 app.command("sample")(sample.sample)
 app.command("eval")(evaluate.eval_command)
 app.command("compare")(evaluate.compare_command)
+app.command("export")(export.export_command)
 app.command("train-evaluator")(evaluate.train_evaluator_command)
 
 
