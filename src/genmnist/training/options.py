@@ -29,6 +29,8 @@ class TrainOptions:
         device: ``cpu``, ``cuda``... (default: CUDA when available).
         skip_nonfinite: Skip steps whose loss is NaN/inf instead of stopping.
         progress: Show a progress bar.
+        loggers: Where the metrics records go besides ``metrics.jsonl``: names in
+            `genmnist.training.loggers.METRICS_LOGGERS` (``("tensorboard",)``).
     """
 
     out: Path = Path("runs/default")
@@ -44,6 +46,7 @@ class TrainOptions:
     device: str | None = None
     skip_nonfinite: bool = False
     progress: bool = True
+    loggers: tuple[str, ...] = ()
 
 
 @dataclass
