@@ -44,6 +44,14 @@ def train(
             "model there (without it, a new run refuses a folder that is not empty)."
         ),
     ] = False,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Run the networks through torch.compile (compiles first: slower for "
+            "short runs on a CPU, see the docs).",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the run.")] = 42,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 200,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: auto).")] = None,
@@ -72,6 +80,10 @@ def train(
     from genmnist.training.loggers import check_loggers
 
     check_loggers(loggers)  # a missing package fails before any work
+    if compile_:
+        from genmnist.compiling import check_compiler
+
+        check_compiler()
 
     run_folder.check_fresh(out, resume, overwrite)  # early; the trainer checks it under lock
     if nproc is not None and nproc > 1:
@@ -107,6 +119,7 @@ def train(
         device=device,
         progress=not quiet and sys.stderr.isatty(),
         loggers=loggers,
+        compile=compile_,
     )
     try:
         Trainer(model, options, task=task).fit()

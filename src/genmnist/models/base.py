@@ -477,6 +477,14 @@ class GenerativeModel(nn.Module):
             "sample through one network: GANs, VAEs, DDPMs)"
         )
 
+    def compile_networks(self, **options: Any) -> None:
+        """Compile the networks training and sampling run, in place, with
+        ``torch.compile`` (``options`` are its keyword arguments). The state dict keeps its
+        names, so saving and loading are unchanged. Default: every child module, through
+        `torch.nn.Module.compile`."""
+        for child in self.children():
+            child.compile(**options)
+
     # ----------------------------------------------------------------- persistence
     def save_pretrained(
         self, directory: str | os.PathLike[str], dtype: torch.dtype | None = None

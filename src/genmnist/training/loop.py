@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from genmnist import distributed, run_folder
+from genmnist.compiling import compile_errors, compile_model
 from genmnist.data import InMemoryDataset, load_dataset
 from genmnist.errors import CheckpointError, ConfigError, TrainingError
 from genmnist.models.base import GenerativeModel
@@ -143,7 +144,8 @@ class Trainer:
         created_group = distributed.setup(self.device)
         self._lock: run_folder.RunLock | None = None
         try:
-            return self._fit()
+            with compile_errors():
+                return self._fit()
         finally:
             if self.loggers is not None:
                 self.loggers.close()
@@ -240,6 +242,8 @@ class Trainer:
         self.task.prepare(self.model, self.dataset, self.options.resume)
         self.optimizers, self.schedulers = build_optimizers(self.model, plan.total_steps)
         self.ema = weight_average(self.model) if self.rank == 0 else None  # rank 0 exports
+        if self.options.compile:  # after the weight average copied the plain model
+            compile_model(self.model)
         if self.options.resume:
             plan.step = plan.resumed_from = self._resume(plan)
         if self.rank == 0:

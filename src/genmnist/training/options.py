@@ -31,6 +31,8 @@ class TrainOptions:
         progress: Show a progress bar.
         loggers: Where the metrics records go besides ``metrics.jsonl``: names in
             `genmnist.training.loggers.METRICS_LOGGERS` (``("tensorboard",)``).
+        compile: Run the model's networks through ``torch.compile``
+            (`genmnist.compiling`; measured not to pay on a CPU for short runs).
     """
 
     out: Path = Path("runs/default")
@@ -47,6 +49,7 @@ class TrainOptions:
     skip_nonfinite: bool = False
     progress: bool = True
     loggers: tuple[str, ...] = ()
+    compile: bool = False
 
 
 @dataclass
