@@ -184,3 +184,20 @@ def test_run_folder_curves_fall_back_to_pillow(tmp_path, monkeypatch):
     with Image.open(write_curves(tmp_path, "t")) as picture:
         assert picture.size == (640, 400)  # the Pillow chart's size
     assert (tmp_path / CURVE_FILE).is_file()
+
+
+def test_cli_train_tensorboard(run_cli, idx_root, tmp_path):
+    require("tensorboard", "tensorboard")
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        "train", "vae-mlp", "--max-steps", "2", "--data-dir", idx_root, "--out", out,
+        "--config", _tiny_config(tmp_path), "--tensorboard", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert [s for s, _ in _scalars(out)["loss"]] == [r["step"] for r in _records(out)] == [2]
+
+
+def _tiny_config(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({"hidden_dims": [16], "latent_dim": 4, "batch_size": 16}))
+    return path
