@@ -151,7 +151,7 @@ def _export(model, path: Path, fmt: str, export_format: ExportFormat, tolerance:
     # exported graph shows
     check_inputs = {name: torch.cat([t, t.flip(0)]) for name, t in spec.inputs.items()}
     with torch.no_grad():
-        expected = spec.module(*check_inputs.values()).float()
+        expected = spec.module(*check_inputs.values()).float().cpu()
     description = spec.description(model.name)
     try:
         atomic_write(path, lambda tmp: export_format.write(spec, description, tmp))
@@ -232,7 +232,7 @@ def _run_onnx(path: Path, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {name: tensor.numpy() for name, tensor in inputs.items()}
+    feeds = {name: tensor.cpu().numpy() for name, tensor in inputs.items()}
     return torch.from_numpy(session.run(None, feeds)[0])
 
 
@@ -257,7 +257,7 @@ def _run_torchscript(path: Path, inputs: dict[str, torch.Tensor]) -> torch.Tenso
         warnings.simplefilter("ignore")
         network = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
-        return network(*inputs.values())
+        return network(*(t.cpu() for t in inputs.values())).cpu()
 
 
 EXPORT_FORMATS.register(
