@@ -58,6 +58,11 @@ class Conditioning(nn.Module):
         (conditional models) or drawn from each sample's ``noise``."""
         return None
 
+    def describe(self) -> dict:
+        """What the network's labels mean, as JSON values (for an exported network, see
+        `genmnist.export`); nothing for no labels."""
+        return {}
+
 
 class Unconditioned(Conditioning):
     """No labels: the network models the whole data distribution."""
@@ -75,6 +80,12 @@ class ClassConditioning(Conditioning):
 
     def sampling_labels(self, noise: SampleNoise, labels: torch.Tensor | None) -> torch.Tensor:
         return labels
+
+    def describe(self) -> dict:
+        return {
+            "labels": f"class labels 0..{self.num_labels - 1}, chosen by the user",
+            "null_label": self.null_label,
+        }
 
 
 class ClusterConditioning(Conditioning):
@@ -119,6 +130,14 @@ class ClusterConditioning(Conditioning):
 
     def training_labels(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.cluster_of(images)
+
+    def describe(self) -> dict:
+        return {
+            "labels": f"clusters 0..{self.num_labels - 1} of the training images, each "
+            "sample's drawn with probability shares[label]",
+            "null_label": self.null_label,
+            "shares": self.shares.float().tolist(),
+        }
 
     def sampling_labels(self, noise: SampleNoise, labels: torch.Tensor | None) -> torch.Tensor:
         """One cluster per sample, drawn by its share of the training set from the

@@ -9,6 +9,7 @@ folder, the first two files of a run folder:
       checkpoint.safetensors everything needed to resume, written atomically
       metrics.jsonl          one JSON record per logging interval
       loss.png               loss curves
+      tensorboard/           TensorBoard event files (only with --tensorboard)
 
 This module writes and reads them: the checkpoint with all of its validation (a damaged
 or foreign file gives a one-line `CheckpointError`, never another exception), the metrics
@@ -53,6 +54,10 @@ METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "loss.png"
 #: The files a training writes, all written by name here.
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, CURVE_FILE)
+#: The folder of TensorBoard event files, when a run logs there.
+TENSORBOARD_DIR = "tensorboard"
+#: How TensorBoard names its event files (``events.out.tfevents.<time>.<host>...``).
+TENSORBOARD_EVENTS = "events.out.tfevents."
 #: The lock a training holds on its folder while it writes it (see `lock_run`).
 LOCK_FILE = ".genmnist.lock"
 #: Version of the checkpoint layout; a checkpoint of another version is refused.
@@ -285,6 +290,17 @@ def start_metrics(folder: PathLike) -> None:
             path.unlink(missing_ok=True)
         elif path.exists():  # a folder or special file where a run file belongs
             raise CheckpointError(f"{path}: {file_problem(path)}; move it out of the run folder")
+    events = tensorboard_dir(folder)
+    if events.is_dir() and not events.is_symlink():  # an earlier run's events, not this one's
+        for path in events.iterdir():
+            if path.name.startswith(TENSORBOARD_EVENTS) and path.is_file():
+                path.unlink()
+
+
+def tensorboard_dir(folder: PathLike) -> Path:
+    """Where a run's TensorBoard event files go (``tensorboard --logdir`` this or the run
+    folder)."""
+    return Path(folder) / TENSORBOARD_DIR
 
 
 def append_metrics(folder: PathLike, record: dict[str, Any]) -> None:
@@ -362,15 +378,17 @@ def read_metrics(run: PathLike) -> list[dict[str, Any]]:
 
 
 def write_curves(folder: PathLike, title: str) -> Path:
-    """Plot every logged ``*loss`` against the step into ``loss.png``; returns its path."""
-    from genmnist.viz import save_curves
+    """Plot every logged ``*loss`` against the step into ``loss.png`` (one labelled panel
+    per loss with matplotlib, else one Pillow chart, see `genmnist.viz`); returns its
+    path."""
+    from genmnist.viz import save_training_curves
 
     series: dict[str, list[tuple[float, float]]] = {}
     for record in read_metrics(folder):
         for key, value in record.items():
             if _finite_number(value) and key.endswith("loss"):
                 series.setdefault(key, []).append((record["step"], float(value)))
-    return save_curves(series, Path(folder) / CURVE_FILE, title=title)
+    return save_training_curves(series, Path(folder) / CURVE_FILE, title=title)
 
 
 def _finite_number(value: Any) -> bool:

@@ -2,10 +2,15 @@
 
 Grids follow ``torchvision.utils.save_image``'s layout (``nrow`` images per row, 2-pixel
 padding of black) but need only Pillow, so sampling never pays torchvision's ~3 s import.
+Training curves are drawn with matplotlib when it is installed (``genmnist[plot]``), with
+labelled axes, one panel per curve (`training_curves_figure`); without it, with Pillow
+(`save_curves`). Plotting uses matplotlib's object-oriented API on the Agg canvas, so it
+never touches pyplot's global state or the user's backend.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from collections.abc import Sequence
@@ -77,6 +82,73 @@ def save_samples(
     return atomic_write(path, lambda tmp: torch.save(images.float().cpu(), tmp))
 
 
+def has_matplotlib() -> bool:
+    """Whether matplotlib is installed (the extra ``genmnist[plot]``)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def matplotlib_figure(width: float, height: float, dpi: int = 110):
+    """A matplotlib ``Figure`` of ``width`` x ``height`` inches on the Agg canvas (no
+    pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: str | os.PathLike[str]) -> Path:
+    """Save a matplotlib figure as a PNG, laid out tightly, atomically."""
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def plot_lines(ax, curves: dict[str, Sequence[tuple[float, float]]], ylabel: str) -> None:
+    """Draw ``{label: [(step, value), ...]}`` as lines on the matplotlib axes ``ax``, with
+    the x axis labelled ``step`` and the y axis ``ylabel``; non-finite values are left
+    out, and a y axis whose positive values span more than a factor of 20 is logarithmic."""
+    values = []
+    for label, points in curves.items():
+        finite = [(s, v) for s, v in points if math.isfinite(v)]
+        values += [v for _, v in finite]
+        marker = "o" if len(finite) <= 20 else None  # a short run's few records show
+        xs, ys = [s for s, _ in finite], [v for _, v in finite]
+        ax.plot(xs, ys, label=label, linewidth=1.5, marker=marker, markersize=3)
+    if values and min(values) > 0 and max(values) / min(values) > 20:  # spans decades
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+
+
+def training_curves_figure(series: dict[str, Sequence[tuple[float, float]]], title: str):
+    """A matplotlib figure of ``{name: [(step, value), ...]}``: one panel per series, on
+    its own scale, the x axis ``step`` and the y axis the series' name."""
+    names = list(series) or ["loss"]
+    fig = matplotlib_figure(6.4, 0.6 + 2.2 * len(names))
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(len(names), 1, i + 1)
+        plot_lines(ax, {name: series.get(name, [])}, name)
+        if i == 0:
+            ax.set_title(title, fontsize=10)
+    return fig
+
+
+def save_training_curves(
+    series: dict[str, Sequence[tuple[float, float]]],
+    path: str | os.PathLike[str],
+    title: str = "training loss",
+) -> Path:
+    """Plot training curves into a PNG: with matplotlib (`training_curves_figure`) when
+    it is installed, else with Pillow (`save_curves`)."""
+    if has_matplotlib():
+        return save_figure(training_curves_figure(series, title), path)
+    return save_curves(series, path, title=title)
+
+
 def save_curves(
     series: dict[str, Sequence[tuple[float, float]]],
     path: str | os.PathLike[str],
@@ -86,7 +158,7 @@ def save_curves(
     """Plot ``{name: [(step, value), ...]}`` as lines in a small PNG (Pillow only).
 
     Each series is scaled to its own min..max so curves of different magnitude share one
-    panel; the legend gives each series' first and last value.
+    panel (the y axis says so); the legend gives each series' first and last value.
     """
     from PIL import Image, ImageDraw
 
@@ -102,7 +174,11 @@ def save_curves(
     if all_steps:
         s_min, s_max = min(all_steps), max(all_steps)
         draw.text((x0, y1 + 4), f"step {s_min:g}", fill="black")
+        draw.text(((x0 + x1) // 2 - 12, y1 + 4), "step", fill="black")
         draw.text((x1 - 80, y1 + 4), f"step {s_max:g}", fill="black")
+        draw.text((4, y0), "value", fill="black")
+        draw.text((4, y0 + 12), "(own", fill="black")
+        draw.text((4, y0 + 24), "range)", fill="black")
         for k, (name, points) in enumerate(series.items()):
             values = [v for _, v in points if math.isfinite(v)]
             if not values:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from genmnist.cli import demo, evaluate, models, sample, train
+from genmnist.cli import demo, evaluate, export, models, sample, train
 from genmnist.errors import GenmnistError
 from genmnist.threads import apply_thread_policy
 
@@ -55,6 +55,7 @@ app.command("train")(train.train)
 app.command("sample")(sample.sample)
 app.command("eval")(evaluate.eval_command)
 app.command("compare")(evaluate.compare_command)
+app.command("export")(export.export_command)
 app.command("train-evaluator")(evaluate.train_evaluator_command)
 app.command("demo")(demo.demo)
 

@@ -59,6 +59,14 @@ def sample(
     gif: Annotated[
         Path | None, typer.Option(help="Also write an animated GIF of the denoising.")
     ] = None,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Run the networks through torch.compile (compiles first: slower for "
+            "small runs on a CPU, see the docs).",
+        ),
+    ] = False,
 ) -> None:
     """Draw samples and save them as a PNG grid, a .npy array or a .pt tensor."""
     from genmnist.viz import OUTPUT_FORMATS
@@ -67,6 +75,10 @@ def sample(
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise _unknown_format(fmt, OUTPUT_FORMATS)
     model = resolve_model(name, checkpoint, dataset).model
+    if compile_:
+        from genmnist.compiling import compile_model
+
+        compile_model(model)
     output = output or Path(f"{model.name}-{dataset}-samples.{fmt or 'png'}")
     fmt = fmt or output.suffix.lstrip(".").lower() or "png"
     if fmt not in OUTPUT_FORMATS:
@@ -104,7 +116,13 @@ def sample(
                 frames.append(make_grid(x_t.float().cpu(), nrow or default_rows))
 
         options["callback"] = keep_frame
-    with sampling_usage(options), progress_bar(n, f"sampling {model.name}") as update:
+    from genmnist.compiling import compile_errors
+
+    with (
+        sampling_usage(options),
+        compile_errors(),
+        progress_bar(n, f"sampling {model.name}") as update,
+    ):
         images = model.sample(
             n, labels=label, seed=seed, batch_size=batch_size, progress=update, **options
         )

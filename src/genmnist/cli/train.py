@@ -44,10 +44,25 @@ def train(
             "model there (without it, a new run refuses a folder that is not empty)."
         ),
     ] = False,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Run the networks through torch.compile (compiles first: slower for "
+            "short runs on a CPU, see the docs).",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the run.")] = 42,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 200,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: auto).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            help="Also log the metrics to TensorBoard, in OUT/tensorboard "
+            "(needs genmnist[tensorboard])."
+        ),
+    ] = False,
     nproc: Annotated[
         int | None,
         typer.Option(min=1, help="Train data-parallel in N processes here (starts torchrun)."),
@@ -60,7 +75,15 @@ def train(
         raise UsageProblem("--resume continues the run in --out, --overwrite replaces it: pick one")
     out = out or Path("runs") / name
     check_writable(out, "--out")
+    loggers = ("tensorboard",) if tensorboard else ()
     from genmnist import distributed, run_folder
+    from genmnist.training.loggers import check_loggers
+
+    check_loggers(loggers)  # a missing package fails before any work
+    if compile_:
+        from genmnist.compiling import check_compiler
+
+        check_compiler()
 
     run_folder.check_fresh(out, resume, overwrite)  # early; the trainer checks it under lock
     if nproc is not None and nproc > 1:
@@ -95,6 +118,8 @@ def train(
         checkpoint_every=checkpoint_every,
         device=device,
         progress=not quiet and sys.stderr.isatty(),
+        loggers=loggers,
+        compile=compile_,
     )
     try:
         Trainer(model, options, task=task).fit()

@@ -24,11 +24,13 @@ class Objective:
         name: Registered name.
         target: ``fn(x0, eps, alpha, sigma) -> training target``.
         to_x0: ``fn(output, x_t, alpha, sigma) -> predicted clean data``.
+        formula: ``to_x0`` in words, for people running an exported network.
     """
 
     name: str
     target: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
     to_x0: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+    formula: str = ""
 
 
 #: Objectives by name: ``eps``, ``x0``, ``v``.
@@ -39,6 +41,7 @@ OBJECTIVES.register(
         "eps",  # Ho et al. (2020)
         target=lambda x0, eps, alpha, sigma: eps,
         to_x0=lambda out, x, alpha, sigma: (x - sigma * out) / alpha,
+        formula="x0 = (x_t - sigma_t * output) / alpha_t (output: the noise)",
     ),
 )
 OBJECTIVES.register(
@@ -47,6 +50,7 @@ OBJECTIVES.register(
         "x0",
         target=lambda x0, eps, alpha, sigma: x0,
         to_x0=lambda out, x, alpha, sigma: out,
+        formula="x0 = output",
     ),
 )
 OBJECTIVES.register(
@@ -55,5 +59,6 @@ OBJECTIVES.register(
         "v",  # Salimans & Ho (2022): v = alpha * eps - sigma * x0
         target=lambda x0, eps, alpha, sigma: alpha * eps - sigma * x0,
         to_x0=lambda out, x, alpha, sigma: alpha * x - sigma * out,
+        formula="x0 = alpha_t * x_t - sigma_t * output (output: v)",
     ),
 )

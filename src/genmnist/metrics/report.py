@@ -103,20 +103,16 @@ def table_rows(results: Sequence[dict[str, Any]]) -> list[str]:
 # ---------------------------------------------------------------------- charts
 
 
-def _figure(width: float, height: float, polar: bool = False):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _figure(width: float, height: float):
+    from genmnist.viz import matplotlib_figure
 
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
+    return matplotlib_figure(width, height)
 
 
 def _save(fig, path: Path) -> Path:
-    from genmnist.io import atomic_write
+    from genmnist.viz import save_figure
 
-    fig.tight_layout()
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return save_figure(fig, path)
 
 
 def radar_chart(labels: Sequence[str], scores: Sequence[dict[str, float]], path: Path) -> Path:
@@ -190,16 +186,11 @@ def curves_chart(curves: dict[str, list[tuple[float, float]]], path: Path) -> Pa
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return None
+    from genmnist.viz import plot_lines
+
     fig = _figure(6.5, 4.0)
     ax = fig.add_subplot()
-    for label, points in curves.items():
-        ax.plot([s for s, _ in points], [v for _, v in points], label=label, linewidth=1.5)
-    values = [v for points in curves.values() for _, v in points]
-    if min(values) > 0 and max(values) / min(values) > 20:  # spans decades: log scale
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
+    plot_lines(ax, curves, "training loss")
     ax.legend(fontsize=8)
     ax.set_title("training curves (from each run's metrics.jsonl)", fontsize=9)
     return _save(fig, path)

@@ -44,6 +44,7 @@ from genmnist.run_folder import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
+    from genmnist.export import ExportSpec
 
 NUM_PIXELS = 28 * 28
 IMAGE_SHAPE = (1, 28, 28)
@@ -461,6 +462,28 @@ class GenerativeModel(nn.Module):
         """Extra numbers for the metrics log, computed at each logging interval (e.g. a
         GAN's sample diversity, to catch mode collapse early). Default: none."""
         return {}
+
+    # ----------------------------------------------------------------- export
+    def export_network(self) -> ExportSpec:
+        """The network that samples, as a plain module with example inputs and what they
+        mean, for `genmnist.export.export_model` (``genmnist export``): a GAN's generator,
+        a VAE's decoder, a diffusion model's U-Net. Default: none.
+
+        Raises:
+            ConfigError: the model has no single network to export.
+        """
+        raise ConfigError(
+            f"model '{self.name}' has no network to export (export works for models that "
+            "sample through one network: GANs, VAEs, DDPMs)"
+        )
+
+    def compile_networks(self, **options: Any) -> None:
+        """Compile the networks training and sampling run, in place, with
+        ``torch.compile`` (``options`` are its keyword arguments). The state dict keeps its
+        names, so saving and loading are unchanged. Default: every child module, through
+        `torch.nn.Module.compile`."""
+        for child in self.children():
+            child.compile(**options)
 
     # ----------------------------------------------------------------- persistence
     def save_pretrained(

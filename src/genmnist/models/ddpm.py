@@ -36,6 +36,7 @@ from genmnist.registry import MODELS
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
+    from genmnist.export import ExportSpec
 
 #: Config fields two DDPMs must share for one's denoiser to stand in for the other's
 #: (a guide and its model, a teacher and its student): the same noise levels and output.
@@ -215,6 +216,44 @@ class DDPM(GenerativeModel):
         null = self.conditioning.null_label
         return guide(self.predict_x0, labels, null, scale, interval, self.schedule)
 
+    def export_network(self) -> ExportSpec:
+        """The U-Net: ``(x_t, t[, labels])`` to its raw output (what ``objective``
+        predicts); the schedule's ``alpha_t``, ``sigma_t`` and the labels' meaning are in
+        the metadata, enough to write a sampler around it."""
+        from genmnist.export import EXAMPLE_BATCH, ExportSpec
+
+        cfg, T = self.config, self.schedule.timesteps
+        steps = torch.arange(T)
+        x = torch.randn(EXAMPLE_BATCH, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        inputs = {"x_t": x, "t": torch.tensor([T - 1, T // 3])}
+        doc = {
+            "x_t": "float32 (batch, 1, 28, 28): noisy images alpha_t * x0 + sigma_t * eps, "
+            "x0 in [-1, 1] (2 * image - 1), eps ~ N(0, I); at t = T - 1 nearly pure noise",
+            "t": f"int64 (batch,): diffusion steps in 0..{T - 1}",
+            "prediction": f"float32 (batch, 1, 28, 28): the '{cfg.objective}' prediction; "
+            f"{self.objective.formula}, then clip x0 to [-1, 1] and map to [0, 1] "
+            "with (x0 + 1) / 2",
+        }
+        conditioning = self.conditioning.describe()
+        if self.conditioning.num_labels:
+            null = self.conditioning.null_label
+            inputs["labels"] = torch.tensor([0, null])
+            doc["labels"] = (
+                f"int64 (batch,): labels 0..{null - 1} (see 'conditioning'); {null} is the "
+                "null label, the unconditional prediction classifier-free guidance needs"
+            )
+        metadata = {
+            "objective": cfg.objective,
+            "schedule": cfg.schedule,
+            "timesteps": T,
+            "alpha": self.schedule.alpha(steps).tolist(),
+            "sigma": self.schedule.sigma(steps).tolist(),
+            "conditioning": conditioning,
+            "guidance_scale": None if self.guidance_problem else cfg.guidance_scale,
+        }
+        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        return ExportSpec(DenoisingNetwork(self.unet), inputs, "prediction", doc, metadata)
+
     # ----------------------------------------------------------------- training
     def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
         """Fit the conditioning (clusters) on the training split for a new run."""
@@ -287,6 +326,19 @@ class DDPM(GenerativeModel):
         steps, spacing = steps or cfg.sampling_steps, spacing or cfg.spacing
         timesteps = spaced_timesteps(self.schedule.timesteps, steps, spacing, self.schedule)
         return sample_images(sample_fn, denoise, noise, self.schedule, timesteps, callback)
+
+
+class DenoisingNetwork(torch.nn.Module):
+    """A DDPM's U-Net on its own, returning float32 whatever precision it ran in."""
+
+    def __init__(self, unet: UNet) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.unet(x_t, t, labels).float()
 
 
 MODELS.register(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from genmnist.nn import DECODERS, DISCRIMINATORS
 from genmnist.nn.discriminators import initialise
 from genmnist.nn.modes import evaluating
 from genmnist.registry import MODELS
+
+if TYPE_CHECKING:
+    from genmnist.export import ExportSpec
 
 #: Discriminator regularisers a `GANConfig` can name.
 PENALTIES = ("none", "r1", "gp")
@@ -175,6 +178,23 @@ class GAN(GenerativeModel):
         z = noise.randn(self.config.latent_dim)
         return (self.generate_images(z, labels).float() + 1) / 2
 
+    def export_network(self) -> ExportSpec:
+        """The generator: ``z`` (and ``labels``) to images in ``[0, 1]``."""
+        from genmnist.export import EXAMPLE_BATCH, ExportSpec
+
+        cfg = self.config
+        z = torch.randn(EXAMPLE_BATCH, cfg.latent_dim, generator=torch.Generator().manual_seed(0))
+        inputs = {"z": z.to(self.device)}
+        doc = {
+            "z": f"float32 (batch, {cfg.latent_dim}): noise drawn from N(0, I)",
+            "images": "float32 (batch, 1, 28, 28): images in [0, 1] (0 is black)",
+        }
+        if self.conditional:
+            labels = torch.arange(EXAMPLE_BATCH) % cfg.num_classes
+            inputs["labels"] = labels.to(self.device)
+            doc["labels"] = f"int64 (batch,): class labels in 0..{cfg.num_classes - 1}"
+        return ExportSpec(GeneratorNetwork(self), inputs, "images", doc)
+
     def discriminate(
         self, images: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -282,6 +302,18 @@ class GAN(GenerativeModel):
             if same.any():
                 metrics["class_diversity"] = float(distance[same].mean())
         return metrics
+
+
+class GeneratorNetwork(nn.Module):
+    """A GAN's sampling network on its own: ``(tanh(G(z, embed(labels))) + 1) / 2``."""
+
+    def __init__(self, gan: GAN) -> None:
+        super().__init__()
+        self.generator, self.label_embedding = gan.generator, gan.label_embedding
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cond = None if self.label_embedding is None else self.label_embedding(labels)
+        return (torch.tanh(self.generator(z, cond).float()) + 1) / 2
 
 
 MODELS.register(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from genmnist.errors import ConfigError
 from genmnist.losses import RECONSTRUCTION_LOSSES, gaussian_kl, kl_weight
@@ -28,6 +29,7 @@ from genmnist.registry import MODELS
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
+    from genmnist.export import ExportSpec
 
 
 def _evaluating(method):
@@ -203,6 +205,25 @@ class VAE(GenerativeModel):
         check_temperature(temperature)
         return self.decode(self.prior.sample(noise, temperature, labels), labels)
 
+    def export_network(self) -> ExportSpec:
+        """The decoder: latent codes ``z`` (and ``labels``) to images in ``[0, 1]``; the
+        prior to draw ``z`` from is described in the metadata (`LatentPrior.describe`)."""
+        from genmnist.export import EXAMPLE_BATCH, ExportSpec
+
+        cfg = self.config
+        z = torch.randn(EXAMPLE_BATCH, cfg.latent_dim, generator=torch.Generator().manual_seed(0))
+        inputs = {"z": z.to(self.device)}
+        doc = {
+            "z": f"float32 (batch, {cfg.latent_dim}): latent codes drawn from the prior "
+            f"described under 'prior', spread by temperature {cfg.temperature:g}",
+            "images": "float32 (batch, 1, 28, 28): Bernoulli means in [0, 1] (0 is black)",
+        }
+        if self.conditional:
+            inputs["labels"] = (torch.arange(EXAMPLE_BATCH) % cfg.num_classes).to(self.device)
+            doc["labels"] = f"int64 (batch,): class labels in 0..{cfg.num_classes - 1}"
+        metadata = {"prior": self.prior.describe(), "temperature": cfg.temperature}
+        return ExportSpec(DecoderNetwork(self), inputs, "images", doc, metadata)
+
     @_evaluating
     def posterior_means(self, data: InMemoryDataset, batch_size: int = 1000) -> torch.Tensor:
         """The posterior mean code of every image of ``data``, ``(n, latent_dim)``."""
@@ -236,6 +257,21 @@ class VAE(GenerativeModel):
             "kl": kl.detach(),
             "elbo": -(reconstruction + kl).detach(),
         }
+
+
+class DecoderNetwork(nn.Module):
+    """A VAE's sampling network on its own: ``sigmoid(decoder(z, one_hot(labels)))``."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.decoder, self.num_classes = vae.decoder, vae.config.num_classes
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cond = None
+        if self.num_classes:
+            classes = torch.arange(self.num_classes, device=z.device)
+            cond = (labels[:, None] == classes).float()  # one-hot, as the model does
+        return torch.sigmoid(self.decoder(z, cond).float())
 
 
 #: Largest sampling temperature accepted: useful ones are near 1, and far beyond this the

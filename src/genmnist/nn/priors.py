@@ -57,6 +57,11 @@ class LatentPrior(nn.Module):
         around the prior's centre(s)."""
         raise NotImplementedError
 
+    def describe(self) -> dict:
+        """The prior as JSON values, enough to draw codes without genmnist (stored in an
+        exported decoder, see `genmnist.export`)."""
+        raise NotImplementedError
+
 
 @PRIORS.register("standard")
 class StandardNormal(LatentPrior):
@@ -66,6 +71,9 @@ class StandardNormal(LatentPrior):
         self, noise: SampleNoise, temperature: float = 1.0, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         return noise.randn(self.latent_dim) * temperature
+
+    def describe(self) -> dict:
+        return {"name": "standard", "draw": "z = temperature * N(0, I)"}
 
 
 @PRIORS.register("gmm")
@@ -145,6 +153,18 @@ class GaussianMixture(LatentPrior):
         row = group * self.components + component
         std = (0.5 * self.log_vars[row]).exp()
         return self.means[row] + std * noise.randn(self.latent_dim) * temperature
+
+    def describe(self) -> dict:
+        groups = max(self.classes, 1)
+        shape = (groups, self.components, self.latent_dim)
+        return {
+            "name": "gmm",
+            "draw": "per sample: component k ~ weights[g] (g: its label, or 0), then "
+            "z = means[g][k] + temperature * stds[g][k] * N(0, I)",
+            "weights": self.weights.view(groups, self.components).tolist(),
+            "means": self.means.view(shape).tolist(),
+            "stds": (0.5 * self.log_vars).exp().view(shape).tolist(),
+        }
 
 
 def _fit_mixture(codes: torch.Tensor, components: int, iterations: int, seed: int):

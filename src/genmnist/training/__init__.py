@@ -23,7 +23,9 @@ The package's modules, each a collaborator of the loop:
 * ``parallel``: the DDP wrapper and the collectives (`step_consensus`: every process
   agrees whether the loss is finite and whether a stop was requested);
 * ``signals``: SIGINT/SIGTERM as a request to stop after the step;
-* ``console``: progress lines and the progress bar (rank 0 only).
+* ``console``: progress lines and the progress bar (rank 0 only);
+* ``loggers``: where the metrics records go (``metrics.jsonl``, TensorBoard), the
+  `METRICS_LOGGERS` registry.
 """
 
 from genmnist.run_folder import CHECKPOINT_FILE, CURVE_FILE, METRICS_FILE

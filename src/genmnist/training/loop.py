@@ -17,12 +17,14 @@ from typing import Any
 import torch
 
 from genmnist import distributed, run_folder
+from genmnist.compiling import compile_errors, compile_model
 from genmnist.data import InMemoryDataset, load_dataset
 from genmnist.errors import CheckpointError, ConfigError, TrainingError
 from genmnist.models.base import GenerativeModel
 from genmnist.nn.modes import evaluating
 from genmnist.training.batches import ShardedBatches
 from genmnist.training.console import TrainingConsole
+from genmnist.training.loggers import Loggers, check_loggers
 from genmnist.training.optim import build_optimizers, weight_average
 from genmnist.training.options import TrainingInterrupted, TrainOptions, TrainResult
 from genmnist.training.parallel import (
@@ -105,6 +107,8 @@ class Trainer:
         self.world_size, self.rank = env.world_size, env.rank
         self.console = TrainingConsole(self.rank, log, options.progress)
         check_recipe(model.config)
+        check_loggers(options.loggers)
+        self.loggers: Loggers | None = None
         self.use_bf16 = uses_bf16(model, self.device.type)
         self.stop = StopRequest()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -140,8 +144,12 @@ class Trainer:
         created_group = distributed.setup(self.device)
         self._lock: run_folder.RunLock | None = None
         try:
-            return self._fit()
+            with compile_errors():
+                return self._fit()
         finally:
+            if self.loggers is not None:
+                self.loggers.close()
+                self.loggers = None
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -234,6 +242,8 @@ class Trainer:
         self.task.prepare(self.model, self.dataset, self.options.resume)
         self.optimizers, self.schedulers = build_optimizers(self.model, plan.total_steps)
         self.ema = weight_average(self.model) if self.rank == 0 else None  # rank 0 exports
+        if self.options.compile:  # after the weight average copied the plain model
+            compile_model(self.model)
         if self.options.resume:
             plan.step = plan.resumed_from = self._resume(plan)
         if self.rank == 0:
@@ -241,6 +251,7 @@ class Trainer:
                 run_folder.start_metrics(self.out)
             run_folder.write_config(self.out, self.model.config_record())
             run_folder.trim_metrics(self.out, plan.step)
+            self.loggers = Loggers(self.options.loggers, self.out, plan.step)
         return plan
 
     def _resume(self, plan: _Plan) -> int:
@@ -372,7 +383,7 @@ class Trainer:
             lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]
             record = {"step": step, "epoch": step / plan.batches_per_epoch, **metrics, "lr": lr}
             record.update(images_per_second=rate, time=now - started)
-            run_folder.append_metrics(self.out, record)
+            self.loggers.write(record)
             self.console.show(metrics, rate)
         return metrics, _Window(now)
 

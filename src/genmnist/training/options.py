@@ -29,6 +29,10 @@ class TrainOptions:
         device: ``cpu``, ``cuda``... (default: CUDA when available).
         skip_nonfinite: Skip steps whose loss is NaN/inf instead of stopping.
         progress: Show a progress bar.
+        loggers: Where the metrics records go besides ``metrics.jsonl``: names in
+            `genmnist.training.loggers.METRICS_LOGGERS` (``("tensorboard",)``).
+        compile: Run the model's networks through ``torch.compile``
+            (`genmnist.compiling`; measured not to pay on a CPU for short runs).
     """
 
     out: Path = Path("runs/default")
@@ -44,6 +48,8 @@ class TrainOptions:
     device: str | None = None
     skip_nonfinite: bool = False
     progress: bool = True
+    loggers: tuple[str, ...] = ()
+    compile: bool = False
 
 
 @dataclass
