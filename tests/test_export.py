@@ -249,3 +249,28 @@ def test_export_description_is_json_in_the_file(tmp_path):
     description = read_description(path)
     assert json.loads(json.dumps(description)) == description
     assert description["inputs"] == {"z": "float32 (batch, 64): noise drawn from N(0, I)"}
+
+
+def test_exported_flow_velocity_network_samples_like_the_model(tmp_path):
+    """Euler steps over the exported velocity network, as its description says, give the
+    model's own fp32 Euler samples."""
+    from genmnist.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("flow", channels=(8, 8, 8), attention_levels=(), clusters=2)
+    with torch.no_grad():
+        for parameter in model.unet.parameters():  # a new U-Net's output layer is zero
+            parameter.normal_(0, 0.1)
+    model.eval()
+    path = export_model(model, tmp_path / "velocity.pt", "torchscript").path
+    description = read_description(path)
+    assert description["guidance_scale"] == 1.0 and "t = 1" in description["inputs"]["x_t"]
+    noise = SampleNoise(SampleNoise.sample_seeds(3, seed=5))
+    labels = model.conditioning.sampling_labels(noise, None)
+    x = noise.randn(1, 28, 28)
+    times = torch.linspace(1, 0, 4).tolist()
+    for t, t_next in zip(times, times[1:], strict=False):
+        velocity = run_torchscript(path, {"x_t": x, "t": torch.full((3,), t), "labels": labels})
+        x = x + (t_next - t) * velocity
+    expected = model.sample(3, seed=5, sampler="euler", steps=3, precision="fp32")
+    torch.testing.assert_close(((x + 1) / 2).clamp(0, 1), expected, atol=1e-5, rtol=0)

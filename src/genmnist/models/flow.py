@@ -28,6 +28,7 @@ from genmnist.registry import MODELS
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
+    from genmnist.export import ExportSpec
 
 
 @dataclass
@@ -156,6 +157,42 @@ class FlowMatching(GenerativeModel):
         null = self.conditioning.null_label
         return guide(self.predict_velocity, labels, null, scale, interval, self.path)
 
+    def export_network(self) -> ExportSpec:
+        """The velocity network: ``(x_t, t[, labels])`` to the velocity at times ``t`` in
+        ``[0, 1]``; the path and the labels' meaning are in the metadata, enough to write
+        an ODE sampler around it."""
+        from genmnist.export import EXAMPLE_BATCH, ExportSpec
+
+        cfg = self.config
+        x = torch.randn(EXAMPLE_BATCH, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        inputs = {"x_t": x, "t": torch.tensor([1.0, 0.3])}
+        doc = {
+            "x_t": "float32 (batch, 1, 28, 28): (1 - t) * x0 + t * eps, x0 in [-1, 1] "
+            "(2 * image - 1), eps ~ N(0, I); pure noise at t = 1",
+            "t": "float32 (batch,): times in [0, 1], 1 is noise and 0 data",
+            "velocity": "float32 (batch, 1, 28, 28): dx_t/dt; integrate from t = 1 to 0 "
+            "(Euler: x += (t_next - t) * velocity), then map x0 to [0, 1] with (x0 + 1) / 2",
+        }
+        if self.conditioning.num_labels:
+            null = self.conditioning.null_label
+            inputs["labels"] = torch.tensor([0, null])
+            doc["labels"] = (
+                f"int64 (batch,): labels 0..{null - 1} (see 'conditioning'); {null} is the "
+                "null label, the unconditional velocity classifier-free guidance needs"
+            )
+        metadata = {
+            "path": "x_t = (1 - t) * x0 + t * eps",
+            "conditioning": self.conditioning.describe(),
+            "guidance_scale": None if self.guidance_problem else cfg.guidance_scale,
+            "guidance_interval": cfg.guidance_interval,
+            "sampler": cfg.sampler,
+            "sampling_steps": cfg.sampling_steps,
+            "time_shift": cfg.time_shift,
+        }
+        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        network = VelocityNetwork(self.unet, self.path.time_scale)
+        return ExportSpec(network, inputs, "velocity", doc, metadata)
+
     # ----------------------------------------------------------------- training
     def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
         """Fit the conditioning (clusters) on the training split for a new run."""
@@ -195,6 +232,20 @@ class FlowMatching(GenerativeModel):
         shift = cfg.time_shift if time_shift is None else time_shift
         times = flow_times(steps or cfg.sampling_steps, shift)
         return sample_flow(sample_fn, velocity, noise, times, callback)
+
+
+class VelocityNetwork(torch.nn.Module):
+    """A flow model's U-Net on its own, on times in ``[0, 1]``, returning float32."""
+
+    def __init__(self, unet: UNet, time_scale: float) -> None:
+        super().__init__()
+        self.unet = unet
+        self.time_scale = time_scale
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.unet(x_t, t * self.time_scale, labels).float()
 
 
 MODELS.register(
