@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,11 +25,12 @@ from genmnist.diffusion import (
     sample_images,
     spaced_timesteps,
 )
-from genmnist.diffusion.guidance import check_interval, check_scale, guidance_problem, guide
+from genmnist.diffusion.guidance import check_interval, check_scale
 from genmnist.diffusion.samplers import check_spacing
 from genmnist.errors import CheckpointError, ConfigError
 from genmnist.losses import DIFFUSION_WEIGHTINGS, diffusion_mse
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
+from genmnist.models.guided import LabelGuidance
 from genmnist.nn.unet import UNet
 from genmnist.registry import MODELS
 
@@ -99,7 +99,7 @@ class DDPMConfig(ModelConfig):
     ema_decay: float | None = 0.999
 
 
-class DDPM(GenerativeModel):
+class DDPM(LabelGuidance, GenerativeModel):
     """Denoising diffusion probabilistic model (Ho et al., 2020) with a U-Net denoiser, any
     registered schedule, objective and sampler, conditioned on class labels or its own
     clusters (or nothing), with classifier-free guidance (Ho & Salimans, 2022), limited to
@@ -165,13 +165,6 @@ class DDPM(GenerativeModel):
         return {renamed.get(key, key): value for key, value in tensors.items()}
 
     # ----------------------------------------------------------------- denoising
-    @property
-    def guidance_problem(self) -> str | None:
-        """Why this model takes no guidance scale (None when it does), worded to follow
-        its name: guidance needs labels (classes or clusters) and an unconditional
-        prediction learned through label dropout."""
-        return guidance_problem(self.conditioning.num_labels, self.config.label_dropout)
-
     def _alpha_sigma(self, t: torch.Tensor, like: torch.Tensor):
         alpha = self.schedule.alpha(t.cpu()).to(like.device, torch.float32)
         sigma = self.schedule.sigma(t.cpu()).to(like.device, torch.float32)
@@ -206,15 +199,7 @@ class DDPM(GenerativeModel):
             ConfigError: guidance is asked of a model that takes none, or its values are
                 not usable.
         """
-        problem = self.guidance_problem
-        if problem is not None:
-            if guidance is not None or guidance_interval is not None:
-                raise ConfigError(f"model '{self.name}' {problem}: it takes no guidance")
-            return partial(self.predict_x0, labels=labels)
-        scale = self.config.guidance_scale if guidance is None else guidance
-        interval = guidance_interval or self.config.guidance_interval
-        null = self.conditioning.null_label
-        return guide(self.predict_x0, labels, null, scale, interval, self.schedule)
+        return self.guided(self.predict_x0, labels, guidance, guidance_interval, self.schedule)
 
     def export_network(self) -> ExportSpec:
         """The U-Net: ``(x_t, t[, labels])`` to its raw output (what ``objective``

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from genmnist.conditioning import conditioning_for, drop_labels
-from genmnist.diffusion.guidance import check_interval, check_scale, guidance_problem, guide
+from genmnist.diffusion.guidance import check_interval, check_scale
 from genmnist.errors import ConfigError
 from genmnist.flow import FLOW_SAMPLERS, TIME_DISTRIBUTIONS, LinearPath, flow_times, sample_flow
 from genmnist.flow.samplers import Velocity
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
+from genmnist.models.guided import LabelGuidance
 from genmnist.nn.unet import UNet
 from genmnist.registry import MODELS
 
@@ -78,7 +78,7 @@ class FlowConfig(ModelConfig):
     ema_decay: float | None = 0.999
 
 
-class FlowMatching(GenerativeModel):
+class FlowMatching(LabelGuidance, GenerativeModel):
     """Flow matching (Lipman et al., 2023) on the straight path of rectified flow (Liu et
     al., 2022): a U-Net learns the velocity ``eps - x`` of ``x_t = (1 - t) x + t eps`` by
     regression, and sampling follows it from noise to data with an ODE sampler. Conditioned
@@ -121,11 +121,6 @@ class FlowMatching(GenerativeModel):
         )
 
     # ----------------------------------------------------------------- velocity
-    @property
-    def guidance_problem(self) -> str | None:
-        """Why this model takes no guidance scale (None when it does)."""
-        return guidance_problem(self.conditioning.num_labels, self.config.label_dropout)
-
     def predict_velocity(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -147,15 +142,7 @@ class FlowMatching(GenerativeModel):
             ConfigError: guidance is asked of a model that takes none, or its values are
                 not usable.
         """
-        problem = self.guidance_problem
-        if problem is not None:
-            if guidance is not None or guidance_interval is not None:
-                raise ConfigError(f"model '{self.name}' {problem}: it takes no guidance")
-            return partial(self.predict_velocity, labels=labels)
-        scale = self.config.guidance_scale if guidance is None else guidance
-        interval = guidance_interval or self.config.guidance_interval
-        null = self.conditioning.null_label
-        return guide(self.predict_velocity, labels, null, scale, interval, self.path)
+        return self.guided(self.predict_velocity, labels, guidance, guidance_interval, self.path)
 
     def export_network(self) -> ExportSpec:
         """The velocity network: ``(x_t, t[, labels])`` to the velocity at times ``t`` in

@@ -1,0 +1,58 @@
+"""Classifier-free guidance for models whose network takes labels (classes or clusters):
+the part a diffusion model and a flow model share.
+
+A model mixes `LabelGuidance` in beside `GenerativeModel` and holds ``conditioning`` (a
+`genmnist.conditioning` component) and a config with ``label_dropout``,
+``guidance_scale`` and ``guidance_interval``; `guided` then wraps any prediction of its
+network (a clean-data estimate, a velocity) for sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from genmnist.diffusion.guidance import guidance_problem, guide
+from genmnist.errors import ConfigError
+
+Prediction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class LabelGuidance:
+    """Mixin: classifier-free guidance, limited to a noise interval if asked, for a model
+    with a ``conditioning`` and guidance defaults in its config."""
+
+    @property
+    def guidance_problem(self) -> str | None:
+        """Why this model takes no guidance scale (None when it does), worded to follow
+        its name: guidance needs labels (classes or clusters) and an unconditional
+        prediction learned through label dropout."""
+        return guidance_problem(self.conditioning.num_labels, self.config.label_dropout)
+
+    def guided(
+        self,
+        predict: Callable[..., torch.Tensor],
+        labels: torch.Tensor | None,
+        guidance: float | None,
+        guidance_interval: tuple[float, float] | None,
+        noise_levels,
+    ) -> Prediction:
+        """``predict(x_t, t, labels)`` for the network's ``labels``, with classifier-free
+        guidance at scale ``guidance`` limited to ``guidance_interval`` (log-SNR, from
+        ``noise_levels``; defaults: the config's) when the model takes guidance.
+
+        Raises:
+            ConfigError: guidance is asked of a model that takes none, or its values are
+                not usable.
+        """
+        problem = self.guidance_problem
+        if problem is not None:
+            if guidance is not None or guidance_interval is not None:
+                raise ConfigError(f"model '{self.name}' {problem}: it takes no guidance")
+            return partial(predict, labels=labels)
+        cfg = self.config
+        scale = cfg.guidance_scale if guidance is None else guidance
+        interval = guidance_interval or cfg.guidance_interval
+        return guide(predict, labels, self.conditioning.null_label, scale, interval, noise_levels)
