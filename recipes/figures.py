@@ -1,44 +1,230 @@
-"""Figures of the docs that are drawn from the shipped weights.
+"""Every picture of the docs that is drawn from the shipped weights, in one script.
 
-    python recipes/figures.py
+    OMP_NUM_THREADS=1 python recipes/figures.py          # a few minutes on one CPU core
 
-Writes ``docs/models/vae-priors.png``: 64 samples of the shipped ``vae-gmm`` decoded from
-the standard normal prior it was trained against (left) and from the Gaussian-mixture
-prior fitted to its training codes (right), same decoder, seed 0.
+Run it again whenever weights are added to or replaced in the package: it finds the
+shipped models itself (every registered model with a ``config.json`` under
+`genmnist.models.pretrained_dir`, for every dataset in `genmnist.models.DATASETS`), so a
+new model gets its pictures without an edit here. It writes, all with seed 0:
+
+* ``docs/images/samples/<dataset>/<model>.png``: a sample grid per shipped model, 64
+  samples in rows of 8, or for a conditional model 100 samples in rows of labels 0-9
+  (each column one class), enlarged 2x (nearest neighbour);
+* ``docs/images/gallery-<dataset>.png``: one strip of samples per shipped model, titled
+  with its name, for the home page;
+* ``docs/images/denoising/<dataset>/<model>.gif``: the sampling trajectory (noisy image
+  beside the model's clean estimate at each step) of the first shipped model of each
+  family whose sampler reports its steps (``ddpm``, and ``flow`` or ``flow-cfg`` when
+  flow weights ship);
+* ``docs/images/quickstart-samples.png``: what the quickstart's first command,
+  ``genmnist sample cvae -n 64 -o samples.png``, writes (with ``--seed 0``), enlarged 2x;
+* ``docs/images/flow-path.png``: the straight noising path of flow matching, applied to
+  samples of a shipped model (needs no flow weights);
+* ``docs/models/vae-priors.png``: the shipped ``vae-gmm`` decoded from the standard
+  normal prior it was trained against (left) and from its fitted mixture prior (right).
+
+The Markdown pages link these files by hand, except ``docs/pretrained.md``, whose sample
+grids are linked by ``python recipes/cards.py docs`` from the shipped cards; run that after
+this script when a model was added.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import genmnist
+from genmnist.models import DATASETS, pretrained_dir, saved_config
 from genmnist.nn.priors import StandardNormal
-from genmnist.viz import make_grid, to_uint8
+from genmnist.registry import MODELS
+from genmnist.viz import make_grid, save_gif, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+IMAGES = DOCS / "images"
+SEED = 0
+SCALE = 2  # enlargement of every grid, nearest neighbour
+STRIP = 10  # images per gallery strip
+#: Gallery order: model classes from simple to elaborate; other classes come last.
+FAMILY_ORDER = ["VAE", "GAN", "DDPM", "Autoguided", "FlowMatching"]
 
 
-def vae_priors(out: Path) -> Path:
+def shipped_models() -> dict[str, list[str]]:
+    """``{dataset: [model names]}`` of every registered model with shipped weights, in
+    gallery order (by family, then name)."""
+    shipped: dict[str, list[str]] = {}
+    for dataset in DATASETS:
+        names = [n for n in MODELS.list() if pretrained_dir(n, dataset) is not None]
+        if names:
+            shipped[dataset] = sorted(names, key=lambda name: _gallery_key(name, dataset))
+    return shipped
+
+
+def family(name: str) -> str:
+    """The model class registered as ``name`` (``VAE``, ``GAN``, ``DDPM``...)."""
+    return MODELS.get(name).__name__
+
+
+def _gallery_key(name: str, dataset: str) -> tuple[int, bool, str]:
+    """Family (in `FAMILY_ORDER`), unconditional before conditional, then name."""
+    order = FAMILY_ORDER.index(family(name)) if family(name) in FAMILY_ORDER else 99
+    _, config = saved_config(pretrained_dir(name, dataset))
+    return order, bool(config.get("num_classes")), name
+
+
+def draw(model: genmnist.GenerativeModel) -> torch.Tensor:
+    """The figures' samples of ``model``: 100 in the label cycle 0-9 for a conditional
+    model, else 64; seed 0."""
+    return model.sample(100 if model.conditional else 64, seed=SEED)
+
+
+def _picture(grid: torch.Tensor, scale: int = SCALE):
+    """A ``(1, H, W)`` grid in ``[0, 1]`` as a grayscale Pillow image, enlarged."""
     from PIL import Image
 
-    model = genmnist.load("vae-gmm")
-    mixture = model.sample(64, seed=0, temperature=1.0)
-    model.prior = StandardNormal(model.config.latent_dim)
-    standard = model.sample(64, seed=0, temperature=1.0)
-    left, right = make_grid(standard, 8), make_grid(mixture, 8)
-    gap = torch.ones(left.shape[0], left.shape[1], 12)
-    grid = torch.cat([left, gap, right], dim=2)
-    pixels = to_uint8(grid.unsqueeze(0))[0].permute(1, 2, 0).squeeze(-1).numpy()
-    image = Image.fromarray(pixels).resize((pixels.shape[1] * 2, pixels.shape[0] * 2))
+    picture = Image.fromarray(to_uint8(grid.float())[0].numpy(), mode="L")
+    size = (picture.width * scale, picture.height * scale)
+    return picture.resize(size, Image.Resampling.NEAREST)
+
+
+def _save_png(picture, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
+    picture.save(out, format="PNG", optimize=True)
     return out
 
 
-def main() -> None:
-    print(vae_priors(REPO / "docs" / "models" / "vae-priors.png"))
+def sample_grid(images: torch.Tensor, out: Path) -> Path:
+    """A grid of ``images``, 10 per row when they are 100 (one label per column), else 8."""
+    nrow = 10 if images.shape[0] == 100 else 8
+    return _save_png(_picture(make_grid(images, nrow)), out)
+
+
+def gallery(strips: dict[str, torch.Tensor], out: Path) -> Path:
+    """One row per model: its name, then its first `STRIP` samples (labels 0-9 for a
+    conditional model)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=18)
+    rows = [_picture(make_grid(images[:STRIP], STRIP)) for images in strips.values()]
+    label_width = 20 + max(int(font.getlength(name)) for name in strips)
+    gap = 6
+    width = label_width + max(r.width for r in rows)
+    height = sum(r.height for r in rows) + gap * (len(rows) - 1)
+    canvas = Image.new("L", (width, height), 255)
+    paint = ImageDraw.Draw(canvas)
+    top = 0
+    for name, row in zip(strips, rows, strict=True):
+        paint.text((10, top + row.height // 2), name, fill=0, font=font, anchor="lm")
+        canvas.paste(row, (label_width, top))
+        top += row.height + gap
+    return _save_png(canvas, out)
+
+
+def denoising(
+    model: genmnist.GenerativeModel, out: Path, n: int = 16, max_frames: int = 10
+) -> Path:
+    """An animated GIF of ``n`` samples being drawn: the current noisy image (left) beside
+    the model's estimate of the clean image (right), at up to ``max_frames`` of its steps
+    (evenly spread, the last one always), in 16 grey levels to keep the file small."""
+    frames: list[torch.Tensor] = []
+
+    def keep(i: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
+        left, right = make_grid(x_t.float(), 4), make_grid(x0_hat.float().clamp(0, 1), 4)
+        gap = torch.ones(1, left.shape[1], 8)
+        frames.append(torch.cat([left, gap, right], dim=2))
+
+    final = model.sample(n, seed=SEED, batch_size=n, callback=keep)
+    last = make_grid(final, 4)
+    frames.append(torch.cat([last, torch.ones(1, last.shape[1], 8), last], dim=2))
+    if len(frames) > max_frames:
+        step = (len(frames) - 1) / (max_frames - 1)
+        frames = [frames[round(k * step)] for k in range(max_frames)]
+    big = [
+        f.mul(15).round().div(15).repeat_interleave(SCALE, 1).repeat_interleave(SCALE, 2)
+        for f in frames
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_gif(big, out, duration_ms=400)
+
+
+def reports_steps(model: genmnist.GenerativeModel) -> bool:
+    """Whether ``model``'s sampler reports its steps (takes a ``callback``)."""
+    return "callback" in model.sampling_options
+
+
+def quickstart(out: Path) -> Path:
+    """The grid that the quickstart's first command writes (with ``--seed 0``), run
+    through the real command line, enlarged."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from genmnist.cli.app import app
+
+    with tempfile.TemporaryDirectory() as tmp:
+        written = Path(tmp) / "samples.png"
+        args = ["sample", "cvae", "-n", "64", "--seed", str(SEED), "-o", str(written)]
+        result = CliRunner().invoke(app, args)
+        if result.exit_code != 0:
+            raise SystemExit(f"genmnist {' '.join(args)} failed: {result.output}")
+        with Image.open(written) as picture:
+            size = (picture.width * SCALE, picture.height * SCALE)
+            return _save_png(picture.resize(size, Image.Resampling.NEAREST), out)
+
+
+def flow_path(images: torch.Tensor, out: Path, rows: int = 4) -> Path:
+    """Flow matching's straight path ``x_t = (1 - t) x + t eps`` at ``t = 0, 0.1, ..., 1``
+    (left to right), for ``rows`` images ``x``."""
+    from genmnist.flow import LinearPath
+
+    x = images[:rows] * 2 - 1  # the models' [-1, 1] pixel scale
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED))
+    columns = [
+        LinearPath.interpolate(x, eps, torch.full((rows,), t / 10)).add(1).div(2).clamp(0, 1)
+        for t in range(11)
+    ]
+    # rows of images: sample r at every t
+    tiles = torch.stack(columns, dim=1).reshape(rows * 11, *x.shape[1:])
+    return _save_png(_picture(make_grid(tiles, 11)), out)
+
+
+def vae_priors(out: Path) -> Path:
+    """64 samples of the shipped ``vae-gmm`` decoded from ``N(0, I)`` (left) and from its
+    fitted mixture prior (right), same decoder, seed 0."""
+    model = genmnist.load("vae-gmm")
+    mixture = model.sample(64, seed=SEED, temperature=1.0)
+    model.prior = StandardNormal(model.config.latent_dim)
+    standard = model.sample(64, seed=SEED, temperature=1.0)
+    left, right = make_grid(standard, 8), make_grid(mixture, 8)
+    gap = torch.ones(left.shape[0], left.shape[1], 12)
+    return _save_png(_picture(torch.cat([left, gap, right], dim=2)), out)
+
+
+def main(report: Callable[[Path], None] = lambda path: print(path.relative_to(REPO))) -> None:
+    """Write every figure, reporting each file written."""
+    torch.set_grad_enabled(False)
+    shipped = shipped_models()
+    for dataset, names in shipped.items():
+        strips: dict[str, torch.Tensor] = {}
+        animated: set[str] = set()  # one animation per family
+        for name in names:
+            model = genmnist.load(name, dataset)
+            images = draw(model)
+            strips[name] = images
+            report(sample_grid(images, IMAGES / "samples" / dataset / f"{name}.png"))
+            if reports_steps(model) and family(name) not in animated:
+                animated.add(family(name))
+                report(denoising(model, IMAGES / "denoising" / dataset / f"{name}.gif"))
+            del model
+        report(gallery(strips, IMAGES / f"gallery-{dataset}.png"))
+        if dataset == DATASETS[0]:
+            report(flow_path(strips[names[-1]], IMAGES / "flow-path.png"))
+    if "cvae" in shipped.get("mnist", []):
+        report(quickstart(IMAGES / "quickstart-samples.png"))
+    if "vae-gmm" in shipped.get("mnist", []):
+        report(vae_priors(DOCS / "models" / "vae-priors.png"))
 
 
 if __name__ == "__main__":

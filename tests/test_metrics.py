@@ -200,6 +200,53 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch):
         require_matplotlib()
 
 
+def _fake_result(i: int, conditional: bool) -> dict:
+    """An eval result with a few metrics, distinct per model (no evaluation needed)."""
+    result = {
+        "model": f"m{i}", "dataset": "mnist", "n": 64, "seed": 0, "conditional": conditional,
+        "fid": 10.0 + i, "fid_floor": 0.2, "precision": 0.5 + i / 100, "parameters": 1000 * i,
+        "class_histogram": [0.1] * 10, "warnings": [], "mode_collapse": False,
+    }  # fmt: skip
+    if conditional:
+        result["conditional_accuracy"] = 0.9 + i / 100
+    return result
+
+
+@pytest.mark.parametrize("charts", [False, True])
+def test_report_shows_pictures_first_and_narrow_tables(tmp_path, charts):
+    from genmnist.metrics.report import TABLE_MODELS, chunks, write_report
+
+    if charts:
+        pytest.importorskip("matplotlib")
+    labels = [f"m{i}" for i in range(9)]
+    results = [_fake_result(i, conditional=i >= 7) for i in range(9)]
+    samples = [torch.rand(4, 1, 28, 28) for _ in labels]
+    text = write_report(tmp_path, labels, results, samples, charts=charts).read_text()
+    lines = text.splitlines()
+    first_table = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    last_image = max(i for i, line in enumerate(lines) if "![" in line)
+    assert last_image < first_table, "the pictures come before the tables"
+    assert text.index("## Samples") < text.index("## Metrics") < text.index("## Settings")
+    for label in labels:  # every model's grid is shown or linked
+        assert f"](samples/{label}.png)" in text
+    if charts:
+        assert "![samples of each model](samples.png)" in text
+        assert text.index("](radar.png)") < text.index("## Metrics")
+    # 9 models: two metric tables of 5 and 4, each at most TABLE_MODELS wide
+    headers = [line for line in lines if line.startswith("| metric | better |")]
+    assert headers == [
+        "| metric | better | m0 | m1 | m2 | m3 | m4 | real floor |",
+        "| metric | better | m5 | m6 | m7 | m8 | real floor |",
+    ]
+    assert all(line.count("|") <= TABLE_MODELS + 4 for line in lines if "| metric |" in line)
+    # a row no model of a table has is left out of that table; the best value is bold
+    # across all models (lowest FID: m0, highest conditional accuracy: m8)
+    assert text.count("| conditional accuracy |") == 1
+    assert "| FID | lower | **10.000** |" in text and "**0.980**" in text
+    assert [list(r) for r in chunks(9)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8]]
+    assert [len(r) for r in chunks(11)] == [4, 4, 3] and [len(r) for r in chunks(2)] == [2]
+
+
 # --------------------------------------------------------------------------- real data
 def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma == 0:

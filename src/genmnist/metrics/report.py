@@ -197,11 +197,14 @@ def curves_chart(curves: dict[str, list[tuple[float, float]]], path: Path) -> Pa
 
 
 def samples_chart(labels: Sequence[str], grids: Sequence[torch.Tensor], path: Path) -> Path:
-    """Sample grids side by side in one picture, titled by model."""
+    """Sample grids in one picture, titled by model, at most 4 in a row (rows of nearly
+    equal length), so each grid stays legible on a page."""
     aspect = max(g.shape[1] / g.shape[2] for g in grids)  # height / width of a grid
-    fig = _figure(2.8 * len(labels), 0.5 + 2.8 * aspect)
+    rows = math.ceil(len(labels) / 4)
+    cols = math.ceil(len(labels) / rows)
+    fig = _figure(2.8 * cols, rows * (0.5 + 2.8 * aspect))
     for i, (label, grid) in enumerate(zip(labels, grids, strict=True)):
-        ax = fig.add_subplot(1, len(labels), i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(label, fontsize=9)
         ax.axis("off")
@@ -281,6 +284,19 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-.") or "model"
 
 
+#: The most models one metrics table compares; more are split over several tables, so
+#: each fits the width of a docs page (about 1280 pixels with its navigation).
+TABLE_MODELS = 5
+
+
+def chunks(count: int, most: int = TABLE_MODELS) -> list[range]:
+    """``range(count)`` cut into the fewest runs of at most ``most``, of nearly equal
+    length (9 models: 5 and 4, not 5 and 1)."""
+    parts = max(1, math.ceil(count / most))
+    size = math.ceil(count / parts)
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
 def _markdown(
     labels: Sequence[str],
     results: Sequence[dict[str, Any]],
@@ -289,6 +305,8 @@ def _markdown(
     curves: dict[str, list[tuple[float, float]]],
     sources: Sequence[str] | None,
 ) -> str:
+    """The report: what was compared, then the pictures (samples and charts), then the
+    tables (metrics, class histograms, sources), then the settings."""
     first = results[0]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -306,34 +324,105 @@ def _markdown(
         "evaluation guide of the genmnist documentation (`docs/evaluation.md`).",
         "",
     ]
-    if sources:
-        lines += ["| model | source |", "| --- | --- |"]
-        lines += [f"| {label} | `{src}` |" for label, src in zip(labels, sources, strict=True)]
-        lines.append("")
     notes = sorted({w for r in results for w in r.get("warnings", [])})
     for note in notes:
         lines += [f"> **Warning:** {note}", ""]
-    lines += ["## Metrics", ""]
+    lines += _figures(labels, sample_files, charts, curves)
+    lines += _metric_tables(labels, results)
+    lines += ["## Models", ""]
+    lines += ["| model | source |", "| --- | --- |"]
+    for i, label in enumerate(labels):
+        source = f"`{sources[i]}`" if sources else "-"
+        lines.append(f"| {label} | {source} |")
+    lines += ["", "## Settings", "", "```json"]
+    settings = {
+        "dataset": first.get("dataset"),
+        "n": first.get("n"),
+        "seed": first.get("seed"),
+        "evaluator_accuracy": first.get("evaluator_accuracy"),
+    }
+    lines += [json.dumps(settings, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _figures(
+    labels: Sequence[str],
+    sample_files: Sequence[str],
+    charts: dict[str, Path | None],
+    curves: dict[str, list[tuple[float, float]]],
+) -> list[str]:
+    """The report's pictures: the samples, then the charts."""
+    lines = ["## Samples", ""]
+    grids = ", ".join(f"[{lab}]({f})" for lab, f in zip(labels, sample_files, strict=True))
+    if charts.get("samples"):
+        lines += ["![samples of each model](samples.png)", "", f"Each model's grid: {grids}.", ""]
+    else:  # the grids one after another: a browser wraps them to the page's width
+        lines += [
+            " ".join(f"![{lab}]({f})" for lab, f in zip(labels, sample_files, strict=True)),
+            "",
+            f"Left to right: {', '.join(labels)}.",
+            "",
+        ]
+    if not charts:
+        return lines
+    lines += ["## Charts", ""]
+    if charts.get("radar"):
+        lines += [
+            "### Radar",
+            "",
+            "![radar chart](radar.png)",
+            "",
+            "Quality = mean(precision, acceptability); diversity = mean(recall, class "
+            "entropy); controllability = conditional accuracy, else a VAE's latent "
+            "linear-probe accuracy, else 0; efficiency = mean(sampling speed relative "
+            "to the fastest model here, size relative to the smallest).",
+            "",
+        ]
+    if charts.get("heatmap"):
+        lines += ["### Metrics heatmap", "", "![metrics heatmap](heatmap.png)", ""]
+    lines += ["### Training curves", ""]
+    if charts.get("curves"):
+        lines += ["![training curves](curves.png)", ""]
+    missing = [label for label in labels if not curves.get(label)]
+    if missing:
+        lines += [
+            f"No training log (`metrics.jsonl`) for: {', '.join(missing)} "
+            "(shipped weights, or a folder without a run log).",
+            "",
+        ]
+    return lines
+
+
+def _metric_tables(labels: Sequence[str], results: Sequence[dict[str, Any]]) -> list[str]:
+    """The metrics, at most `TABLE_MODELS` models per table, and the class histograms."""
+    first = results[0]
+    lines = ["## Metrics", ""]
     lines += [
         "The *real floor* column scores real training images (as many as the samples) "
         "against the test set: the best a generator can reach at this sample size. "
-        "Best value per row in bold.",
+        "Best value per row in bold"
+        + (", among all the models compared." if len(labels) > TABLE_MODELS else "."),
         "",
     ]
-    header = "| metric | better | " + " | ".join(labels) + " | real floor |"
-    lines += [header, "|" + " --- |" * (len(labels) + 3)]
-    for key in table_rows(results):
-        info = METRICS[key]
-        values = [r.get(key) for r in results]
-        best = _best(values, info.better)
-        cells = [
-            f"**{format_value(key, v)}**" if i in best else format_value(key, v)
-            for i, v in enumerate(values)
-        ]
-        floor = format_value(key, first.get(f"{key}_floor")) if info.floor else ""
-        arrow = {"lower": "lower", "higher": "higher", None: ""}[info.better]
-        lines.append(f"| {info.label} | {arrow} | " + " | ".join(cells) + f" | {floor} |")
-    lines.append("")
+    keys = table_rows(results)
+    best = {key: _best([r.get(key) for r in results], METRICS[key].better) for key in keys}
+    for part in chunks(len(labels)):
+        header = "| metric | better | " + " | ".join(labels[i] for i in part) + " | real floor |"
+        lines += [header, "|" + " --- |" * (len(part) + 3)]
+        for key in keys:
+            info = METRICS[key]
+            if all(results[i].get(key) is None for i in part):
+                continue
+            cells = [
+                f"**{format_value(key, results[i].get(key))}**"
+                if i in best[key]
+                else format_value(key, results[i].get(key))
+                for i in part
+            ]
+            floor = format_value(key, first.get(f"{key}_floor")) if info.floor else ""
+            arrow = {"lower": "lower", "higher": "higher", None: ""}[info.better]
+            lines.append(f"| {info.label} | {arrow} | " + " | ".join(cells) + f" | {floor} |")
+        lines.append("")
     collapsed = [label for label, r in zip(labels, results, strict=True) if r.get("mode_collapse")]
     if collapsed:
         lines += [
@@ -348,51 +437,8 @@ def _markdown(
     for label, r in zip(labels, results, strict=True):
         hist = r.get("class_histogram") or []
         lines.append(f"| {label} | " + " | ".join(f"{h:.3f}" for h in hist) + " |")
-    lines += ["", "## Samples", ""]
-    lines += ["| " + " | ".join(labels) + " |", "|" + " --- |" * len(labels)]
-    lines += [
-        "| "
-        + " | ".join(f"![{lab}]({f})" for lab, f in zip(labels, sample_files, strict=True))
-        + " |"
-    ]
     lines.append("")
-    if charts:
-        lines += ["## Charts", ""]
-        if charts.get("radar"):
-            lines += [
-                "### Radar",
-                "",
-                "![radar chart](radar.png)",
-                "",
-                "Quality = mean(precision, acceptability); diversity = mean(recall, class "
-                "entropy); controllability = conditional accuracy, else a VAE's latent "
-                "linear-probe accuracy, else 0; efficiency = mean(sampling speed relative "
-                "to the fastest model here, size relative to the smallest).",
-                "",
-            ]
-        if charts.get("heatmap"):
-            lines += ["### Metrics heatmap", "", "![metrics heatmap](heatmap.png)", ""]
-        if charts.get("samples"):
-            lines += ["### Samples side by side", "", "![samples](samples.png)", ""]
-        lines += ["### Training curves", ""]
-        if charts.get("curves"):
-            lines += ["![training curves](curves.png)", ""]
-        missing = [label for label in labels if not curves.get(label)]
-        if missing:
-            lines += [
-                f"No training log (`metrics.jsonl`) for: {', '.join(missing)} "
-                "(shipped weights, or a folder without a run log).",
-                "",
-            ]
-    lines += ["## Settings", "", "```json"]
-    settings = {
-        "dataset": first.get("dataset"),
-        "n": first.get("n"),
-        "seed": first.get("seed"),
-        "evaluator_accuracy": first.get("evaluator_accuracy"),
-    }
-    lines += [json.dumps(settings, indent=2), "```", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _best(values: Sequence[Any], better: str | None) -> set[int]:
