@@ -185,6 +185,13 @@ def _karras_sigma(schedule: NoiseSchedule, t: int) -> float:
     return (schedule.sigma(step) / schedule.alpha(step)).item()
 
 
+#: Highest noise level ``sigma / alpha`` at which Heun's method corrects its Euler step
+#: (Karras et al.'s ``sigma_max``). A cosine schedule starts near 20,000, and across such a
+#: jump the average of the two slopes is far off where the Euler step (DDIM) is exact for
+#: the first step's pure noise, so the first step stays an Euler step.
+HEUN_MAX_SIGMA = 80.0
+
+
 def _ode_sampler(denoise, x, schedule, timesteps, callback, second_order: bool):
     # Work with y = x / alpha_t, for which the probability-flow ODE is dy/dsigma = (y - x0)/sigma.
     y = x / schedule.alpha(torch.tensor(int(timesteps[0]))).item()
@@ -198,7 +205,7 @@ def _ode_sampler(denoise, x, schedule, timesteps, callback, second_order: bool):
         x0 = denoise(y * alpha_t, t_batch)
         slope = (y - x0) / sigma_t
         y_next = y + (sigma_s - sigma_t) * slope
-        if second_order and s >= 0:
+        if second_order and s >= 0 and sigma_t <= HEUN_MAX_SIGMA:
             alpha_s, _, s_batch = _coefficients(schedule, s, x)
             slope_next = (y_next - denoise(y_next * alpha_s, s_batch)) / sigma_s
             y_next = y + (sigma_s - sigma_t) * (slope + slope_next) / 2
@@ -218,7 +225,10 @@ def sample_euler(denoise, x, schedule, timesteps, noise=None, callback: Callback
 @SAMPLERS.register("heun")
 def sample_heun(denoise, x, schedule, timesteps, noise=None, callback: Callback = None):
     """Heun's second-order method (Karras et al., 2022): two model calls per step but the
-    last, so ``steps`` steps cost ``2 * steps - 1`` evaluations."""
+    last, so ``steps`` steps cost ``2 * steps - 1`` evaluations. Steps that start above
+    `HEUN_MAX_SIGMA` (the first of a cosine schedule) take one call, as Euler's. Suits the
+    uniform and trailing spacings; with log-SNR spacing, whose steps span large ratios of
+    noise levels, DPM-Solver++ is the better choice."""
     return _ode_sampler(denoise, x, schedule, timesteps, callback, second_order=True)
 
 
