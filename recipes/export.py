@@ -4,7 +4,9 @@
 
 Writes src/genmnist/pretrained/<dataset>/<model>/{config.json,model.safetensors} in
 float16 (``--fp32`` keeps float32) and ``card.json`` with how the run was trained (recipe,
-command, seed, steps, time). Prints how far the shipped copy's samples are from the run's.
+command, seed, steps, time), and copies the run's training log (``metrics.jsonl``, a few kB)
+beside them, from which ``genmnist compare`` draws the shipped model's training curve.
+Prints how far the shipped copy's samples are from the run's.
 The evaluation half of the card comes from ``python recipes/cards.py``.
 
 ``--guide RUN`` combines the run with a short run of the same U-Net as its autoguidance
@@ -34,6 +36,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import torch
@@ -41,7 +44,13 @@ import torch
 import genmnist
 from genmnist.metrics.stability import training_time
 from genmnist.models import Autoguided
-from genmnist.run_folder import holds_model, read_header, read_metrics, read_task_record
+from genmnist.run_folder import (
+    METRICS_FILE,
+    holds_model,
+    read_header,
+    read_metrics,
+    read_task_record,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_ROOT = REPO / "src" / "genmnist" / "pretrained"
@@ -130,6 +139,9 @@ def main() -> None:
         storage += " (guide float16)"
     stored.save_pretrained(target, dtype=None if args.fp32 else torch.float16)
     after = _weights(target)
+    log = args.run / METRICS_FILE  # a few kB: lets `genmnist compare` draw its curves
+    if log.is_file() and not isinstance(model, Autoguided):
+        shutil.copyfile(log, target / METRICS_FILE)
     same_weights = (
         before is not None
         and before.keys() == after.keys()

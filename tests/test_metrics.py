@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -463,3 +464,24 @@ def test_cli_eval_usage_errors(capsys, tmp_path):
     assert code == 2
     code, _, err = run_cli(capsys, "compare", str(tmp_path / "nope" / "x"), "--out", tmp_path)
     assert code == 1 and err.startswith("error:") and "no such checkpoint" in err
+
+
+@pytest.mark.real_data
+def test_compare_draws_the_training_log_shipped_beside_weights(
+    capsys, real_data, tiny_run, tmp_path, monkeypatch
+):
+    import genmnist.models
+
+    shipped_log = tmp_path / "shipped"
+    shipped_log.mkdir()
+    (shipped_log / "metrics.jsonl").write_text((Path(tiny_run[0]) / "metrics.jsonl").read_text())
+    # compare looks up the shipped folder's log through genmnist.models.pretrained_dir
+    monkeypatch.setattr(genmnist.models, "pretrained_dir", lambda name, dataset: shipped_log)
+    report = tmp_path / "report"
+    code, _, err = run_cli(
+        capsys, "compare", "vae-mlp", "--out", report, "-n", "40", "--data-dir", real_data
+    )
+    assert code == 0, err
+    text = (report / "report.md").read_text()
+    assert (report / "curves.png").stat().st_size > 1000 and "](curves.png)" in text
+    assert "No training log" not in text

@@ -198,6 +198,7 @@ def compare_command(
     from genmnist import run_folder
     from genmnist.metrics.report import unique_labels, write_report
     from genmnist.metrics.stability import loss_key, read_metrics
+    from genmnist.models import pretrained_dir
 
     err = err_console()
     loaded = [tuple(resolve_model(spec, None, dataset)) for spec in models]
@@ -223,8 +224,10 @@ def compare_command(
         results.append(result)
         count = 100 if model.conditional else 64
         samples.append(model.sample(min(count, n), seed=seed, batch_size=batch_size))
-        if folder is not None and run_folder.holds_metrics(folder):
-            records = read_metrics(folder)
+        # shipped weights come with their run's training log where it was kept
+        log_folder = folder if folder is not None else pretrained_dir(model.name, dataset)
+        if log_folder is not None and run_folder.holds_metrics(log_folder):
+            records = read_metrics(log_folder)
             key = loss_key(records)
             curves[label] = [
                 (float(r["step"]), float(r[key]))
