@@ -158,7 +158,7 @@ def pick(page, selector: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def test_generate_a_vae_grid_then_a_diffusion_grid(page):
+def test_generate_a_grid_from_each_family(page):
     # 4 images of 28x28 in one row, 2-pixel padding, enlarged 3 times: 366 x 96 pixels
     page.fill("#sample-count input[type=number]", "4")
     page.keyboard.press("Enter")
@@ -176,6 +176,13 @@ def test_generate_a_vae_grid_then_a_diffusion_grid(page):
     status = wait_for_text(page, "#sample-status", "ddpm")
     assert "4 images of ddpm (shipped weights (mnist)), seed 5: sampled in" in status
     wait_for_image(page, "#sample-image img", (366, 96))
+
+    for name in ("dcgan", "flow"):  # a GAN and a flow model, on their own defaults
+        pick(page, "#sample-model", name)
+        page.click("#sample-button")
+        status = wait_for_text(page, "#sample-status", f"images of {name} ")
+        assert f"4 images of {name} (shipped weights (mnist)), seed 5: sampled in" in status
+        wait_for_image(page, "#sample-image img", (366, 96))
 
 
 def test_a_bad_value_shows_a_one_line_message(page):
