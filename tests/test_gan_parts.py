@@ -124,6 +124,7 @@ def test_gan_sc_preset_is_unconditional_to_the_user_and_conditioned_on_clusters(
     assert not model.conditional and model.config.num_classes == 0
     assert isinstance(model.conditioning, ClusterConditioning)
     assert model.conditioning.num_labels == model.config.clusters > 1
+    assert model.config.minibatch_std and model.config.real_target == 0.9
     assert model.label_embedding.num_embeddings == model.config.clusters
     assert model.discriminator.projection.num_embeddings == model.config.clusters
     with pytest.raises(ConfigError, match="unconditional"):
