@@ -90,6 +90,8 @@ def test_augmentations_are_differentiable_and_the_pipeline_composes():
     pipeline(images).sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
     assert augment_pipeline(()) is None
+    with pytest.raises(ConfigError, match="d_augment"):
+        create_model("dcgan", **TINY, d_augment="cutout")  # a name, not a list
     with pytest.raises(RegistryError, match="rotation"):
         augment_pipeline(("rotation",))
 
