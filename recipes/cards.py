@@ -1,7 +1,7 @@
 """Fill the shipped models' cards with measured numbers and render the docs page.
 
     # 1. measure every shipped model (the comparison page is this report)
-    genmnist compare vae-mlp vae-conv cvae gan-mlp dcgan cgan ddpm ddpm-cfg \
+    genmnist compare vae-mlp vae-conv vae-gmm cvae gan-mlp dcgan cgan gan-sc ddpm ddpm-cfg \
         -n 10000 -o docs/comparison/mnist
     python recipes/cards.py metrics docs/comparison/mnist/metrics.json
     # 2. sampling trade-offs of the diffusion models (smaller n: FID is biased upwards)
@@ -30,8 +30,8 @@ PACKAGE_ROOT = REPO / "src" / "genmnist" / "pretrained"
 DOCS_PAGE = REPO / "docs" / "pretrained.md"
 #: Card order on the docs page: by family, simple to elaborate.
 ORDER = [
-    "vae-mlp", "vae-conv", "vae-gmm", "cvae", "gan-mlp", "dcgan", "cgan", "ddpm", "ddpm-cfg",
-    "flow", "flow-cfg",
+    "vae-mlp", "vae-conv", "vae-gmm", "cvae", "gan-mlp", "dcgan", "cgan", "gan-sc", "ddpm",
+    "ddpm-cfg", "flow", "flow-cfg",
 ]  # fmt: skip
 DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 #: Metrics a card shows, in order: key, label, format.

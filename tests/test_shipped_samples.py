@@ -3,7 +3,8 @@
 Each digest was recorded from the shipped weights (one CPU thread, seed 0, six samples)
 before a restructuring of the models; a change of the shipped weights is the only reason
 to record new ones (as for ``cvae`` and the new ``vae-gmm``, retrained with a mixture
-prior), or a fix of a sampler (``heun``'s first step on a cosine schedule).
+prior, and ``dcgan`` retrained with a minibatch-std discriminator beside the new
+``gan-sc``), or a fix of a sampler (``heun``'s first step on a cosine schedule).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import genmnist
 REFERENCE = [
     ("mnist", "cgan", {}, "2b54141b4a9554a7"),
     ("mnist", "cvae", {}, "5dcf7cc635d9a448"),
-    ("mnist", "dcgan", {}, "e0ac4027af547d3a"),
+    ("mnist", "dcgan", {}, "245be0739caaec22"),
+    ("mnist", "gan-sc", {}, "d4eebfc3386f211c"),
     ("mnist", "gan-mlp", {}, "082160c3e59bd058"),
     ("mnist", "vae-conv", {}, "d0972a4b0f646506"),
     ("mnist", "vae-gmm", {}, "c8d6a7a11e742503"),

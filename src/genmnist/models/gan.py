@@ -1,6 +1,6 @@
 """Generative adversarial networks: MLP GAN, DCGAN and class-conditional GAN.
 
-Registered as ``gan-mlp``, ``dcgan`` and ``cgan``: one `GAN` class whose config
+Registered as ``gan-mlp``, ``dcgan``, ``cgan`` and ``gan-sc``: one `GAN` class whose config
 names its generator in `genmnist.nn.DECODERS` (the same decoders the VAEs use) and
 its discriminator in `genmnist.nn.DISCRIMINATORS`. The generator's raw output goes
 through ``tanh``, so images are in ``[-1, 1]`` inside the model (real images are rescaled
@@ -12,6 +12,12 @@ rates (TTUR), a choice of objective in `genmnist.losses.GAN_LOSSES`, optional
 one-sided label smoothing, R1 or gradient penalty, and spectral norm in the
 discriminator. The metrics log gets the discriminator's accuracy on real and fake
 images and the diversity of a fixed batch of samples, to catch collapse early.
+
+Two further parts come from their own modules: the labels G and D see come from a
+`genmnist.conditioning` component (the dataset's classes, none, or clusters the model
+finds itself by k-means: a self-conditioned GAN, unconditional to the user), and the
+discriminator can see its inputs through differentiable augmentations named in
+`genmnist.nn.augment.AUGMENTATIONS`.
 """
 
 from __future__ import annotations
@@ -23,15 +29,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from genmnist.conditioning import conditioning_for
 from genmnist.errors import ConfigError
 from genmnist.losses import GAN_LOSSES, gradient_penalty, r1_penalty
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.nn import DECODERS, DISCRIMINATORS
+from genmnist.nn.augment import augment_pipeline
 from genmnist.nn.discriminators import initialise
 from genmnist.nn.modes import evaluating
 from genmnist.registry import MODELS
 
 if TYPE_CHECKING:
+    from genmnist.data import InMemoryDataset
     from genmnist.export import ExportSpec
 
 #: Discriminator regularisers a `GANConfig` can name.
@@ -56,10 +65,18 @@ class GANConfig(ModelConfig):
         d_norm: Normalisation in the conv discriminator, after all but the first
             convolution (DCGAN's ``batch``; use ``none`` with spectral norm or a penalty).
         embed_dim: Size of the generator's learned label embedding, appended to ``z``
-            (conditional models).
+            (models with classes or clusters).
+        clusters: Condition G and D on this many k-means clusters of the training
+            images instead of classes (0: off), sampled by their share of the training
+            set: a self-conditioned GAN (Liu et al., 2020), unconditional to the user.
         conditioning: How the discriminator uses labels: ``projection`` or ``embedding``.
         spectral_norm: Spectral normalisation of every discriminator weight.
         d_dropout: Dropout after each discriminator layer.
+        minibatch_std: Minibatch standard deviation feature before the discriminator's
+            head (Karras et al., 2018).
+        d_augment: Differentiable augmentations (names in
+            `genmnist.nn.augment.AUGMENTATIONS`, applied in order) of every image the
+            discriminator sees in training, real or generated (DiffAugment).
         init: Weight initialisation of both networks: ``dcgan`` (N(0, 0.02), suits the
             conv models) or ``default`` (PyTorch's, better for the MLPs).
         loss: Objective in `genmnist.losses.GAN_LOSSES` (``bce``, ``hinge``).
@@ -85,9 +102,12 @@ class GANConfig(ModelConfig):
     g_norm: str = "batch"
     d_norm: str = "batch"
     embed_dim: int = 16
+    clusters: int = 0
     conditioning: str = "projection"
     spectral_norm: bool = False
     d_dropout: float = 0.0
+    minibatch_std: bool = False
+    d_augment: tuple[str, ...] = ()
     init: str = "dcgan"
     loss: str = "bce"
     real_target: float = 1.0
@@ -136,8 +156,11 @@ class GAN(GenerativeModel):
             raise ConfigError("penalty_every must be >= 1")
         if cfg.metrics_samples < 0:
             raise ConfigError("metrics_samples must be >= 0")
-        cond = cfg.embed_dim if self.conditional else 0
-        self.label_embedding = nn.Embedding(cfg.num_classes, cfg.embed_dim) if cond else None
+        self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters)
+        self.augment = augment_pipeline(tuple(cfg.d_augment))
+        num_labels = self.conditioning.num_labels
+        cond = cfg.embed_dim if num_labels else 0
+        self.label_embedding = nn.Embedding(num_labels, cfg.embed_dim) if cond else None
         self.generator = DECODERS.create(
             cfg.generator,
             in_features=cfg.latent_dim,
@@ -149,13 +172,14 @@ class GAN(GenerativeModel):
         self.discriminator = DISCRIMINATORS.create(
             cfg.discriminator,
             hidden_dims=tuple(cfg.d_hidden_dims),
-            num_classes=cfg.num_classes,
+            num_classes=num_labels,
             conditioning=cfg.conditioning,
             activation=cfg.d_activation,
             norm=cfg.d_norm,
             spectral_norm=cfg.spectral_norm,
             dropout=cfg.d_dropout,
             init=cfg.init,
+            minibatch_std=cfg.minibatch_std,
         )
         initialise(self.generator, cfg.init)  # the discriminator initialises itself
         # Fakes of the current step's discriminator phase, reused by its generator phase
@@ -164,17 +188,19 @@ class GAN(GenerativeModel):
 
     # ----------------------------------------------------------------- generator
     def _cond(self, labels: torch.Tensor | None) -> torch.Tensor | None:
-        if not self.conditional:
+        if self.label_embedding is None:
             return None
         if labels is None:
             raise ConfigError(f"model '{self.name}' is conditional: labels are required")
         return self.label_embedding(labels.long())
 
     def generate_images(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Generator output ``tanh(G(z))``: images ``(b, 1, 28, 28)`` in ``[-1, 1]``."""
+        """Generator output ``tanh(G(z))``: images ``(b, 1, 28, 28)`` in ``[-1, 1]``
+        (``labels``: the network's, classes or clusters)."""
         return torch.tanh(self.generator(z, self._cond(labels)))
 
     def generate(self, noise: SampleNoise, labels: torch.Tensor | None) -> torch.Tensor:
+        labels = self.conditioning.sampling_labels(noise, labels)
         z = noise.randn(self.config.latent_dim)
         return (self.generate_images(z, labels).float() + 1) / 2
 
@@ -198,10 +224,22 @@ class GAN(GenerativeModel):
     def discriminate(
         self, images: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Discriminator logits ``(b,)`` for images in ``[-1, 1]`` (positive: "real")."""
-        return self.discriminator(images, labels if self.conditional else None)
+        """Discriminator logits ``(b,)`` for images in ``[-1, 1]`` (positive: "real");
+        ``labels``: the network's (classes or clusters), None for a plain GAN."""
+        return self.discriminator(images, labels if self.conditioning.num_labels else None)
+
+    def _critic(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """`discriminate` on the config's augmentations of ``images`` (training only)."""
+        if self.augment is not None:
+            images = self.augment(images)
+        return self.discriminate(images, labels)
 
     # ----------------------------------------------------------------- training
+    def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
+        """Fit the conditioning (clusters) on the training split for a new run."""
+        if not resume:
+            self.conditioning.prepare(data)
+
     def optimizer_groups(self) -> dict[str, Any]:
         generator = list(self.generator.parameters())
         if self.label_embedding is not None:
@@ -216,7 +254,7 @@ class GAN(GenerativeModel):
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
     ) -> dict[str, torch.Tensor]:
-        labels = labels if self.conditional else None
+        labels = self.conditioning.training_labels(images, labels)
         if phase == "discriminator":
             return self._discriminator_loss(images, labels, step)
         if phase == "generator":
@@ -235,8 +273,8 @@ class GAN(GenerativeModel):
         penalize = cfg.penalty != "none" and step % cfg.penalty_every == 0
         if penalize and cfg.penalty == "r1":
             real.requires_grad_(True)
-        real_logits = self.discriminate(real, labels)
-        fake_logits = self.discriminate(fakes, labels)
+        real_logits = self._critic(real, labels)
+        fake_logits = self._critic(fakes, labels)
         loss = self.objective.discriminator(real_logits, fake_logits, cfg.real_target)
         out = {
             "real_accuracy": (real_logits.detach() > 0).float().mean(),
@@ -247,9 +285,7 @@ class GAN(GenerativeModel):
                 penalty = r1_penalty(real_logits, real)
                 weight = cfg.penalty_weight / 2
             else:
-                penalty = gradient_penalty(
-                    lambda x: self.discriminate(x, labels), real.detach(), fakes
-                )
+                penalty = gradient_penalty(lambda x: self._critic(x, labels), real.detach(), fakes)
                 weight = cfg.penalty_weight
             loss = loss + weight * cfg.penalty_every * penalty
             out[cfg.penalty] = penalty.detach()
@@ -266,7 +302,7 @@ class GAN(GenerativeModel):
         self._fakes = None
         self.discriminator.requires_grad_(False)  # no gradients for D in G's step
         try:
-            fake_logits = self.discriminate(fakes, labels)
+            fake_logits = self._critic(fakes, labels)
         finally:
             self.discriminator.requires_grad_(True)
         return {
@@ -346,5 +382,17 @@ MODELS.register(
     discriminator="conv",
     num_classes=10,
     conditioning="projection",
+    real_target=0.9,
+)
+MODELS.register(
+    "gan-sc",
+    GAN,
+    description="Self-conditioned DCGAN: G and D conditioned on 20 k-means clusters of the "
+    "training images, drawn by their share (unconditional to the user); minibatch std in D",
+    generator="conv",
+    discriminator="conv",
+    clusters=20,
+    conditioning="projection",
+    minibatch_std=True,
     real_target=0.9,
 )

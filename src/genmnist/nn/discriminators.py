@@ -7,6 +7,8 @@ its discriminator (``mlp`` or ``conv``) the way it names its generator in
 * LeakyReLU (slope 0.2) by default, optional dropout after each hidden layer;
 * optional spectral normalisation (Miyato et al., 2018) of every weight, through
   `torch.nn.utils.parametrizations.spectral_norm`;
+* an optional minibatch standard deviation feature (Karras et al., 2018) before the
+  head, which shows the discriminator how varied a batch is and so fights collapse;
 * class conditioning by ``projection`` (Miyato & Koyama, 2018: the logit gets
   ``<embed(y), features>``) or ``embedding`` (a learned label embedding enters with the
   input: appended to the flattened image for the MLP, as an extra image channel for
@@ -21,7 +23,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from genmnist.errors import ConfigError
-from genmnist.nn.layers import ACTIVATIONS, NORMS
+from genmnist.nn.layers import ACTIVATIONS, NORMS, MinibatchStd
 from genmnist.registry import Registry
 
 #: Discriminator classes by name (``mlp``, ``conv``).
@@ -114,6 +116,8 @@ class MLPDiscriminator(_Discriminator):
         spectral_norm: Spectrally normalise every weight.
         dropout: Dropout probability after each hidden layer.
         init: ``dcgan`` (weights ~ N(0, 0.02)) or ``default`` (PyTorch's initialisation).
+        minibatch_std: Append the batch's standard deviation as one more feature
+            (channel) before the head.
         image_shape: ``(channels, height, width)`` of the input.
     """
 
@@ -127,13 +131,16 @@ class MLPDiscriminator(_Discriminator):
         spectral_norm: bool = False,
         dropout: float = 0.0,
         init: str = "dcgan",
+        minibatch_std: bool = False,
         image_shape: tuple[int, int, int] = (1, 28, 28),
     ) -> None:
         super().__init__()
         if not hidden_dims:
             raise ConfigError("an MLP discriminator needs at least one hidden layer")
         c, h, w = image_shape
-        extra = self._setup_conditioning(num_classes, conditioning, c * h * w, hidden_dims[-1])
+        extra = self._setup_conditioning(
+            num_classes, conditioning, c * h * w, hidden_dims[-1] + int(minibatch_std)
+        )
         layers: list[nn.Module] = []
         width = c * h * w + extra
         for hidden in hidden_dims:
@@ -141,6 +148,9 @@ class MLPDiscriminator(_Discriminator):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = hidden
+        if minibatch_std:
+            layers.append(MinibatchStd())
+            width += 1
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, 1)
         initialise(self, init)
@@ -171,6 +181,8 @@ class ConvDiscriminator(_Discriminator):
         spectral_norm: Spectrally normalise every weight.
         dropout: Dropout probability after each convolution block.
         init: ``dcgan`` (weights ~ N(0, 0.02)) or ``default`` (PyTorch's initialisation).
+        minibatch_std: Append the batch's standard deviation as one more feature
+            (channel) before the head.
         image_shape: ``(channels, height, width)`` of the input (square images).
     """
 
@@ -184,6 +196,7 @@ class ConvDiscriminator(_Discriminator):
         spectral_norm: bool = False,
         dropout: float = 0.0,
         init: str = "dcgan",
+        minibatch_std: bool = False,
         image_shape: tuple[int, int, int] = (1, 28, 28),
     ) -> None:
         super().__init__()
@@ -196,7 +209,7 @@ class ConvDiscriminator(_Discriminator):
             final = (final + 2 - 4) // 2 + 1  # 4x4, stride 2, padding 1: 28 -> 14 -> 7 -> 3
         if final < 1:
             raise ConfigError(f"{len(hidden_dims)} stride-2 layers shrink {size} pixels to 0")
-        features = hidden_dims[-1] * final * final
+        features = (hidden_dims[-1] + int(minibatch_std)) * final * final
         extra = self._setup_conditioning(num_classes, conditioning, size * size, features)
         layers: list[nn.Module] = []
         channels += 1 if extra else 0
@@ -208,6 +221,8 @@ class ConvDiscriminator(_Discriminator):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             channels = width
+        if minibatch_std:
+            layers.append(MinibatchStd())
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(features, 1)
         initialise(self, init)

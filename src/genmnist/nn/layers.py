@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from genmnist.registry import Registry
@@ -60,3 +61,23 @@ def downsampled_sizes(size: int, levels: int) -> list[int]:
     for _ in range(levels):
         sizes.append((sizes[-1] + 1) // 2)
     return sizes
+
+
+class MinibatchStd(nn.Module):
+    """Minibatch standard deviation (Karras et al., 2018, "Progressive Growing of GANs"):
+    appends one channel (or, for flat features ``(b, f)``, one feature) holding the
+    standard deviation of each feature over the batch, averaged over all features.
+
+    A discriminator with it sees how varied a batch is, so a generator that collapses to
+    few modes is easy to tell apart from the data. A lone image gets a standard deviation
+    of 0 (its logit then no longer depends on the rest of a batch).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the batch's spread appended along dimension 1."""
+        if x.shape[0] > 1:
+            spread = x.float().std(dim=0, unbiased=False).mean().to(x.dtype)
+        else:
+            spread = x.new_zeros(())
+        extra = spread.expand(x.shape[0], 1, *x.shape[2:])
+        return torch.cat([x, extra], dim=1)
