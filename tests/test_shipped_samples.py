@@ -29,6 +29,8 @@ REFERENCE = [
     ("mnist", "ddpm", {"sampler": "ddim", "steps": 4}, "2ef83daea9dd6cb9"),
     ("mnist", "ddpm-cfg", {}, "89393e5c03975a61"),
     ("mnist", "ddpm-cfg", {"guidance": 3.0, "steps": 5, "sampler": "heun"}, "81c37e406c54f6b0"),
+    ("mnist", "flow", {}, "e5a5376a21bf99cb"),
+    ("mnist", "flow", {"sampler": "midpoint", "steps": 3, "guidance": 1.0}, "44c36b6b96817d0e"),
     ("fashion-mnist", "ddpm", {}, "3333c5b667f692a5"),
     ("fashion-mnist", "vae-conv", {}, "4e222d186bf2bc1c"),
 ]
