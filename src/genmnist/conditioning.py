@@ -147,6 +147,17 @@ class ClusterConditioning(Conditioning):
         return torch.searchsorted(cumulative, uniform, right=True).clamp_(max=self.num_labels - 1)
 
 
+class ConditionedModel:
+    """Mixin for a `GenerativeModel` whose network takes the labels of a ``conditioning``
+    component: fits the conditioning (clusters) before a new run."""
+
+    def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
+        """Fit the conditioning on the training split for a new run (a resumed run's
+        weights carry it already)."""
+        if not resume:
+            self.conditioning.prepare(data)
+
+
 def conditioning_for(num_classes: int, clusters: int) -> Conditioning:
     """The conditioning a config describes: class labels (``num_classes > 0``), clusters
     the model finds itself (``clusters > 0``), or none.

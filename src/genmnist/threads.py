@@ -20,6 +20,11 @@ from collections.abc import MutableMapping
 OPT_OUT = "GENMNIST_KEEP_THREADS"
 
 
+def opted_out(environ: MutableMapping[str, str]) -> bool:
+    """Whether ``environ`` turns the policy off (`OPT_OUT` set to anything but ``0``)."""
+    return environ.get(OPT_OUT, "0") not in ("", "0")
+
+
 def cpu_count() -> int:
     """CPU cores this process may run on."""
     try:
@@ -32,17 +37,20 @@ def other_running_processes(readings: int = 5, interval: float = 0.002) -> int |
     """How many other processes are running or ready to run (Linux ``/proc/loadavg``),
     the least of a few readings so a process that just ends is not counted; None where
     the system does not say."""
-    counts = []
+    least = None
     for i in range(readings):
         try:
             with open("/proc/loadavg", encoding="ascii") as file:
                 running = int(file.read().split()[3].split("/")[0])
         except (OSError, ValueError, IndexError):
             return None
-        counts.append(running - 1)  # this process is one of them
+        others = max(0, running - 1)  # this process is one of them
+        least = others if least is None else min(least, others)
+        if least == 0:  # an idle machine: no need to wait for more readings
+            return 0
         if i + 1 < readings:
             time.sleep(interval)
-    return max(0, min(counts))
+    return least
 
 
 def thread_settings(
@@ -52,7 +60,7 @@ def thread_settings(
     by other processes: none on an idle machine, when the load is unknown or when the user
     chose for themselves; else the free cores (at least one) as ``OMP_NUM_THREADS`` and
     passive waiting."""
-    if busy is None or busy == 0 or environ.get(OPT_OUT, "0") not in ("", "0"):
+    if busy is None or busy == 0 or opted_out(environ):
         return {}
     settings = {}
     if "OMP_NUM_THREADS" not in environ:
@@ -67,7 +75,7 @@ def apply_thread_policy(environ: MutableMapping[str, str] | None = None) -> dict
     ``environ`` (default: ``os.environ``), and return them. Has an effect only before
     torch is imported."""
     environ = os.environ if environ is None else environ
-    if environ.get(OPT_OUT, "0") not in ("", "0"):
+    if opted_out(environ):  # before reading the load, which takes a few milliseconds
         return {}
     settings = thread_settings(cpu_count(), other_running_processes(), environ)
     environ.update(settings)

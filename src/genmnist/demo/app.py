@@ -211,7 +211,7 @@ def build_app(store: ModelStore | None = None) -> gr.Blocks:
         # ------------------------------------------------------------------ denoising
         with gr.Tab("Denoising", id="denoising"), gr.Row():
             with gr.Column(scale=1):
-                d_model = _picker(diffusion, "Diffusion model", "denoise-model", "ddpm")
+                d_model = _picker(diffusion, "Diffusion or flow model", "denoise-model", "ddpm")
                 d_checkpoint = gr.Textbox(
                     label="Checkpoint folder (optional)",
                     placeholder="runs/x",

@@ -303,15 +303,26 @@ def _grid_rows(model: GenerativeModel, labels: int | None) -> int:
     return 10 if model.conditional and labels is None else 8  # as `genmnist sample`
 
 
-def _sampling_options(model: GenerativeModel, given: dict[str, Any]) -> tuple[dict, list[str]]:
-    """The given (non-empty) options the model takes, and the names of those it does not
-    (hidden controls keep their values when another model is picked: they are ignored)."""
+def _sampler_name(sampler: str | None) -> str | None:
+    """The sampler picker's value as a sampling option: None keeps the model's own."""
+    return None if sampler in (None, "", DEFAULT_SAMPLER) else str(sampler)
+
+
+def _sampling_options(
+    model: GenerativeModel, given: dict[str, Any], labels: Any
+) -> tuple[dict, Any, list[str]]:
+    """The given (non-empty) options the model takes, the labels it takes (None for an
+    unconditional model), and the names of what it does not take (hidden controls keep
+    their values when another model is picked: they are ignored)."""
     taken = {k: v for k, v in given.items() if v is not None and k in model.sampling_options}
     ignored = [k for k, v in given.items() if v is not None and k not in model.sampling_options]
     if "guidance" in taken and getattr(model, "guidance_problem", None) is not None:
         del taken["guidance"]
         ignored.append("guidance")
-    return taken, ignored
+    if labels is not None and not model.conditional:
+        ignored.append("label")
+        labels = None
+    return taken, labels, ignored
 
 
 def _check_steps(model: GenerativeModel, steps: int | None, limit: int) -> None:
@@ -379,17 +390,14 @@ def sample(
     count = integer(count, "number of images", 1, MAX_COUNT)
     labels = label_value(label)
     given = {
-        "sampler": None if sampler in (None, "", DEFAULT_SAMPLER) else str(sampler),
+        "sampler": _sampler_name(sampler),
         "steps": optional_integer(steps, "steps", 1, MAX_STEPS),
         "guidance": optional_number(guidance, "guidance"),
         "temperature": optional_number(temperature, "temperature"),
     }
     loaded = (store or STORE).get(name, dataset, checkpoint)
     model = loaded.model
-    options, ignored = _sampling_options(model, given)
-    if labels is not None and not model.conditional:
-        ignored.append("label")
-        labels = None
+    options, labels, ignored = _sampling_options(model, given, labels)
     if "steps" in model.sampling_options:
         _check_steps(model, options.get("steps"), MAX_STEPS)
     images, seconds = _timed(
@@ -564,7 +572,7 @@ def trajectory(
     count = integer(count, "number of images", 1, MAX_TRAJECTORY_COUNT)
     labels = label_value(label)
     given = {
-        "sampler": None if sampler in (None, "", DEFAULT_SAMPLER) else str(sampler),
+        "sampler": _sampler_name(sampler),
         "steps": optional_integer(steps, "steps", 1, MAX_TRAJECTORY_STEPS),
     }
     loaded = (store or STORE).get(name, dataset, checkpoint)
@@ -573,11 +581,8 @@ def trajectory(
         raise ConfigError(
             f"'{model.name}' is not a diffusion model: it has no denoising steps to show"
         )
-    options, ignored = _sampling_options(model, given)
+    options, labels, ignored = _sampling_options(model, given, labels)
     _check_steps(model, options.get("steps"), MAX_TRAJECTORY_STEPS)
-    if labels is not None and not model.conditional:
-        ignored.append("label")
-        labels = None
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def keep(i: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:

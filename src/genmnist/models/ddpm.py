@@ -25,9 +25,8 @@ from genmnist.diffusion import (
     sample_images,
     spaced_timesteps,
 )
-from genmnist.diffusion.guidance import check_interval, check_scale
 from genmnist.diffusion.samplers import check_spacing
-from genmnist.errors import CheckpointError, ConfigError
+from genmnist.errors import CheckpointError
 from genmnist.losses import DIFFUSION_WEIGHTINGS, diffusion_mse
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.models.guided import LabelGuidance
@@ -35,7 +34,6 @@ from genmnist.nn.unet import UNet
 from genmnist.registry import MODELS
 
 if TYPE_CHECKING:
-    from genmnist.data import InMemoryDataset
     from genmnist.export import ExportSpec
 
 #: Config fields two DDPMs must share for one's denoiser to stand in for the other's
@@ -121,11 +119,7 @@ class DDPM(LabelGuidance, GenerativeModel):
         self.weighting = DIFFUSION_WEIGHTINGS.get(cfg.loss_weighting)
         SAMPLERS.get(cfg.sampler)  # fail early on an unknown default sampler
         check_spacing(cfg.spacing)
-        if not 0.0 <= cfg.label_dropout < 1.0:
-            raise ConfigError("label_dropout must be in [0, 1)")
-        check_scale(cfg.guidance_scale)
-        if cfg.guidance_interval is not None:
-            check_interval(cfg.guidance_interval)
+        self.check_guidance_defaults()
         self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters)
         self.unet = UNet(
             channels=tuple(cfg.channels),
@@ -220,13 +214,7 @@ class DDPM(LabelGuidance, GenerativeModel):
             "with (x0 + 1) / 2",
         }
         conditioning = self.conditioning.describe()
-        if self.conditioning.num_labels:
-            null = self.conditioning.null_label
-            inputs["labels"] = torch.tensor([0, null])
-            doc["labels"] = (
-                f"int64 (batch,): labels 0..{null - 1} (see 'conditioning'); {null} is the "
-                "null label, the unconditional prediction classifier-free guidance needs"
-            )
+        self.describe_label_input(inputs, doc, "prediction")
         metadata = {
             "objective": cfg.objective,
             "schedule": cfg.schedule,
@@ -240,11 +228,6 @@ class DDPM(LabelGuidance, GenerativeModel):
         return ExportSpec(DenoisingNetwork(self.unet), inputs, "prediction", doc, metadata)
 
     # ----------------------------------------------------------------- training
-    def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
-        """Fit the conditioning (clusters) on the training split for a new run."""
-        if not resume:
-            self.conditioning.prepare(data)
-
     def add_noise(self, x0: torch.Tensor):
         """Noise clean images ``x0`` (in ``[-1, 1]``) to random steps: returns ``(x_t, t,
         eps)``."""

@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from genmnist.conditioning import conditioning_for, drop_labels
-from genmnist.diffusion.guidance import check_interval, check_scale
-from genmnist.errors import ConfigError
 from genmnist.flow import FLOW_SAMPLERS, TIME_DISTRIBUTIONS, LinearPath, flow_times, sample_flow
 from genmnist.flow.samplers import Velocity
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
@@ -27,7 +25,6 @@ from genmnist.nn.unet import UNet
 from genmnist.registry import MODELS
 
 if TYPE_CHECKING:
-    from genmnist.data import InMemoryDataset
     from genmnist.export import ExportSpec
 
 
@@ -106,11 +103,7 @@ class FlowMatching(LabelGuidance, GenerativeModel):
         self.time_distribution = TIME_DISTRIBUTIONS.get(cfg.time_distribution)
         FLOW_SAMPLERS.get(cfg.sampler)  # fail early on an unknown default sampler
         flow_times(cfg.sampling_steps, cfg.time_shift)  # ... and on unusable step settings
-        if not 0.0 <= cfg.label_dropout < 1.0:
-            raise ConfigError("label_dropout must be in [0, 1)")
-        check_scale(cfg.guidance_scale)
-        if cfg.guidance_interval is not None:
-            check_interval(cfg.guidance_interval)
+        self.check_guidance_defaults()
         self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters)
         self.unet = UNet(
             channels=tuple(cfg.channels),
@@ -160,13 +153,7 @@ class FlowMatching(LabelGuidance, GenerativeModel):
             "velocity": "float32 (batch, 1, 28, 28): dx_t/dt; integrate from t = 1 to 0 "
             "(Euler: x += (t_next - t) * velocity), then map x0 to [0, 1] with (x0 + 1) / 2",
         }
-        if self.conditioning.num_labels:
-            null = self.conditioning.null_label
-            inputs["labels"] = torch.tensor([0, null])
-            doc["labels"] = (
-                f"int64 (batch,): labels 0..{null - 1} (see 'conditioning'); {null} is the "
-                "null label, the unconditional velocity classifier-free guidance needs"
-            )
+        self.describe_label_input(inputs, doc, "velocity")
         metadata = {
             "path": "x_t = (1 - t) * x0 + t * eps",
             "conditioning": self.conditioning.describe(),
@@ -181,11 +168,6 @@ class FlowMatching(LabelGuidance, GenerativeModel):
         return ExportSpec(network, inputs, "velocity", doc, metadata)
 
     # ----------------------------------------------------------------- training
-    def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
-        """Fit the conditioning (clusters) on the training split for a new run."""
-        if not resume:
-            self.conditioning.prepare(data)
-
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
     ) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from genmnist.conditioning import conditioning_for
+from genmnist.conditioning import ConditionedModel, conditioning_for
 from genmnist.errors import ConfigError
 from genmnist.losses import GAN_LOSSES, gradient_penalty, r1_penalty
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
@@ -40,7 +40,6 @@ from genmnist.nn.modes import evaluating
 from genmnist.registry import MODELS
 
 if TYPE_CHECKING:
-    from genmnist.data import InMemoryDataset
     from genmnist.export import ExportSpec
 
 #: Discriminator regularisers a `GANConfig` can name.
@@ -123,7 +122,7 @@ class GANConfig(ModelConfig):
     ema_decay: float | None = 0.999
 
 
-class GAN(GenerativeModel):
+class GAN(ConditionedModel, GenerativeModel):
     """Generative adversarial network (Goodfellow et al., 2014), convolutional as in DCGAN
     (Radford et al., 2016) or class-conditional (Mirza & Osindero, 2014) with a projection
     discriminator (Miyato & Koyama, 2018).
@@ -235,11 +234,6 @@ class GAN(GenerativeModel):
         return self.discriminate(images, labels)
 
     # ----------------------------------------------------------------- training
-    def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
-        """Fit the conditioning (clusters) on the training split for a new run."""
-        if not resume:
-            self.conditioning.prepare(data)
-
     def optimizer_groups(self) -> dict[str, Any]:
         generator = list(self.generator.parameters())
         if self.label_embedding is not None:

@@ -14,15 +14,40 @@ from functools import partial
 
 import torch
 
-from genmnist.diffusion.guidance import guidance_problem, guide
+from genmnist.conditioning import ConditionedModel
+from genmnist.diffusion.guidance import check_interval, check_scale, guidance_problem, guide
 from genmnist.errors import ConfigError
 
 Prediction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class LabelGuidance:
+class LabelGuidance(ConditionedModel):
     """Mixin: classifier-free guidance, limited to a noise interval if asked, for a model
     with a ``conditioning`` and guidance defaults in its config."""
+
+    def check_guidance_defaults(self) -> None:
+        """Raise `ConfigError` unless the config's label dropout, guidance scale and
+        interval are usable (called by the model's constructor)."""
+        cfg = self.config
+        if not 0.0 <= cfg.label_dropout < 1.0:
+            raise ConfigError("label_dropout must be in [0, 1)")
+        check_scale(cfg.guidance_scale)
+        if cfg.guidance_interval is not None:
+            check_interval(cfg.guidance_interval)
+
+    def describe_label_input(
+        self, inputs: dict[str, torch.Tensor], doc: dict[str, str], prediction: str
+    ) -> None:
+        """Add the ``labels`` input of an exported network, when it takes labels, to its
+        example ``inputs`` and their ``doc`` (``prediction``: what the null label gives)."""
+        if not self.conditioning.num_labels:
+            return
+        null = self.conditioning.null_label
+        inputs["labels"] = torch.tensor([0, null])
+        doc["labels"] = (
+            f"int64 (batch,): labels 0..{null - 1} (see 'conditioning'); {null} is the "
+            f"null label, the unconditional {prediction} classifier-free guidance needs"
+        )
 
     @property
     def guidance_problem(self) -> str | None:
