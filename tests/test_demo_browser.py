@@ -153,6 +153,21 @@ def wait_for_text(page, selector: str, text: str) -> str:
     return page.inner_text(selector)
 
 
+def set_field(page, selector: str, value: str) -> None:
+    """Type ``value`` into the field at ``selector`` until the page keeps it.
+
+    A tab's fields can be (re)mounted just after the tab shows, which resets what was typed
+    a moment before; so check that the value stays, and type it again if it did not.
+    """
+    for _ in range(10):
+        page.fill(selector, value)
+        page.keyboard.press("Tab")  # commit it, as a user leaving the field does
+        page.wait_for_timeout(250)
+        if page.input_value(selector) == value:
+            return
+    pytest.fail(f"the field {selector} did not keep the value {value!r}")
+
+
 def pick(page, selector: str, option: str) -> None:
     page.click(f"{selector} input")
     page.get_by_role("option", name=option, exact=True).click()
@@ -160,8 +175,7 @@ def pick(page, selector: str, option: str) -> None:
 
 def test_generate_a_grid_from_each_family(page):
     # 4 images of 28x28 in one row, 2-pixel padding, enlarged 3 times: 366 x 96 pixels
-    page.fill("#sample-count input[type=number]", "4")
-    page.keyboard.press("Enter")
+    set_field(page, "#sample-count input[type=number]", "4")
     page.click("#sample-button")
     wait_for_image(page, "#sample-image img", (366, 96))
     status = wait_for_text(page, "#sample-status", "vae-conv")
@@ -170,8 +184,8 @@ def test_generate_a_grid_from_each_family(page):
     pick(page, "#sample-model", "ddpm")
     page.wait_for_selector("#sample-steps textarea", state="visible")
     assert page.get_attribute("#sample-steps textarea", "placeholder") == "the model's: 6"
-    page.fill("#sample-steps textarea", "3")
-    page.fill("#sample-seed input", "5")
+    set_field(page, "#sample-steps textarea", "3")
+    set_field(page, "#sample-seed input", "5")
     page.click("#sample-button")
     status = wait_for_text(page, "#sample-status", "ddpm")
     assert "4 images of ddpm (shipped weights (mnist)), seed 5: sampled in" in status
@@ -186,12 +200,12 @@ def test_generate_a_grid_from_each_family(page):
 
 
 def test_a_bad_value_shows_a_one_line_message(page):
-    page.fill("#sample-seed input", "-1")
+    set_field(page, "#sample-seed input", "-1")
     page.click("#sample-button")
     message = "seed must be a whole number from 0 to 2147483647, got -1"
     page.get_by_text(message).first.wait_for(timeout=RESULT_TIMEOUT)
     assert "Traceback" not in page.inner_text("body")
-    page.fill("#sample-seed input", "1")  # the app still answers
+    set_field(page, "#sample-seed input", "1")  # the app still answers
     page.click("#sample-button")
     status = wait_for_text(page, "#sample-status", "seed 1")
     assert "16 images of vae-conv" in status
@@ -199,9 +213,9 @@ def test_a_bad_value_shows_a_one_line_message(page):
 
 def test_the_denoising_tab_shows_every_step(page):
     page.get_by_role("tab", name="Denoising").click()
-    page.fill("#denoise-count input[type=number]", "2")
-    page.keyboard.press("Enter")
-    page.fill("#denoise-steps textarea", "3")
+    page.wait_for_selector("#denoise-button", state="visible")
+    set_field(page, "#denoise-count input[type=number]", "2")
+    set_field(page, "#denoise-steps textarea", "3")
     page.click("#denoise-button")
     status = wait_for_text(page, "#denoise-status", "3 steps")
     assert "2 images of ddpm (shipped weights (mnist)), seed 0: 3 steps in" in status
@@ -239,8 +253,7 @@ def test_screenshot_for_the_docs(page):
         pytest.skip("set GENMNIST_DEMO_SCREENSHOT=docs/demo.png to take the docs' screenshot")
     pick(page, "#sample-model", "ddpm-cfg")
     page.wait_for_selector("#sample-guidance textarea", state="visible")
-    page.fill("#sample-count input[type=number]", "30")
-    page.keyboard.press("Enter")
+    set_field(page, "#sample-count input[type=number]", "30")
     page.click("#sample-button")
     wait_for_image(page, "#sample-image img", (906, 276))  # 3 rows of the 10 classes
     wait_for_text(page, "#sample-status", "ddpm-cfg")
