@@ -31,7 +31,7 @@ DOCS_PAGE = REPO / "docs" / "pretrained.md"
 #: Card order on the docs page: by family, simple to elaborate.
 ORDER = [
     "vae-mlp", "vae-conv", "vae-gmm", "cvae", "gan-mlp", "dcgan", "cgan", "gan-sc", "ddpm",
-    "ddpm-cfg", "flow", "flow-cfg",
+    "ddpm-cfg", "flow", "flow-cfg", "reflow",
 ]  # fmt: skip
 DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 #: Metrics a card shows, in order: key, label, format.

@@ -18,15 +18,16 @@ its training record goes on the card too:
 
 ``--out FOLDER`` writes the (guided) model to a folder instead of the package, without a
 card: that is how `recipes/train.sh` builds the teacher of a guidance distillation run.
-A guidance-distillation run (its checkpoint records that training task) is exported with
-``--teacher RUN``
-naming its teacher's main run (and ``--guide RUN`` its guide, if it had one), whose
-training records go on the card beside the distillation's own:
+A distillation run (its checkpoint records a training task: guidance distillation,
+reflow) is exported with ``--teacher RUN`` naming its teacher's main run (and
+``--guide RUN`` its guide, if it had one), whose training records go on the card beside
+the distillation's own:
 
     python recipes/export.py runs/mnist/ddpm-distill --fp32 --teacher runs/mnist/ddpm \
         --set sampling_steps=6 'spacing="trailing"'
     python recipes/export.py runs/fashion-mnist/ddpm-distill --dataset fashion-mnist --fp32 \
         --teacher runs/fashion-mnist/ddpm --guide runs/fashion-mnist/ddpm-guide
+    python recipes/export.py runs/mnist/reflow --teacher runs/mnist/flow
 """
 
 from __future__ import annotations
@@ -112,9 +113,11 @@ def main() -> None:
     args = parser.parse_args()
 
     model = genmnist.load(args.run)
-    distilled = (read_task_record(args.run) or {}).get("name") == "guidance-distillation"
+    task = (read_task_record(args.run) or {}).get("name", "data")
+    distilled = task != "data"  # guidance distillation, reflow: the run learnt a teacher
     if distilled != (args.teacher is not None):
         parser.error("--teacher names the teacher's run of a distilled model, and only that")
+    teacher_name = genmnist.load(args.teacher).name if distilled else model.name
     if args.set:
         changes = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
         model.config = model.config.replace(**changes)
@@ -153,7 +156,7 @@ def main() -> None:
     print(f"{target}: largest pixel change from {storage} storage {worst:.2f}/255")
 
     recipes = REPO / "recipes" / args.dataset
-    recipe = args.recipe or recipes / f"{model.name}.json"
+    recipe = args.recipe or recipes / f"{teacher_name}.json"
     card_path = target / "card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     card.update(
@@ -165,18 +168,23 @@ def main() -> None:
         training=training_record(
             args.teacher if distilled else args.run,
             args.dataset,
-            model.name,
+            teacher_name,
             recipe.resolve() if recipe.is_file() else None,
         ),
     )
     if distilled:
-        distill_recipe = recipes / f"{model.name}.distill.json"
+        # a guidance-distilled student shares its teacher's name (recipes/<name>.distill.json,
+        # runs/<name>-distill); a student of another name (reflow) has a recipe of its own
+        same_name = teacher_name == model.name
+        distill_recipe = recipes / (
+            f"{model.name}.distill.json" if same_name else f"{model.name}.json"
+        )
         card["training"]["distillation"] = training_record(
             args.run,
             args.dataset,
             model.name,
             distill_recipe if distill_recipe.is_file() else None,
-            out=f"runs/{args.dataset}/{model.name}-distill",
+            out=f"runs/{args.dataset}/{model.name}" + ("-distill" if same_name else ""),
         )
     if args.guide is not None:
         guide_recipe = REPO / "recipes" / args.dataset / f"{model.name}.guide.json"

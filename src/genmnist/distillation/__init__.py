@@ -6,5 +6,6 @@ Each method is a `genmnist.training.TrainingTask` in a module of its own, regist
 """
 
 from genmnist.distillation.guidance import GuidanceDistillation
+from genmnist.distillation.reflow import Reflow
 
-__all__ = ["GuidanceDistillation"]
+__all__ = ["GuidanceDistillation", "Reflow"]

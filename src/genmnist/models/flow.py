@@ -1,5 +1,7 @@
 """Flow matching: ``flow`` (unconditional, or conditioned on clusters it finds in its
-training images) and ``flow-cfg`` (class-conditional).
+training images), ``flow-cfg`` (class-conditional) and ``reflow`` (the defaults of a
+student straightened on a flow teacher's samples by `genmnist.distillation.Reflow`:
+one or two Euler steps).
 
 The network is the diffusion models' U-Net, trained to predict the velocity of the
 straight path from data to noise (`genmnist.flow.LinearPath`); sampling integrates that
@@ -228,4 +230,14 @@ MODELS.register(
     FlowMatching,
     description="Class-conditional flow matching with classifier-free guidance",
     num_classes=10,
+)
+MODELS.register(
+    "reflow",
+    FlowMatching,
+    description="Reflowed flow matching: a flow model trained on a flow teacher's "
+    "noise-image pairs (the reflow training task), sampled in one or two Euler steps",
+    label_dropout=0.0,
+    time_distribution="uniform",
+    sampler="euler",
+    sampling_steps=2,
 )
