@@ -83,10 +83,10 @@ def test_reflow_straightens_the_students_paths(tmp_path, tiny_dataset):
         return float(torch.mean((x - task.images) ** 2))
 
     before = one_step_error(student)
-    options = TrainOptions(out=tmp_path / "run", max_steps=60, progress=False, device="cpu")
+    options = TrainOptions(out=tmp_path / "run", max_steps=30, progress=False, device="cpu")
     Trainer(student, options, dataset=tiny_dataset, log=lambda line: None, task=task).fit()
     trained = load(tmp_path / "run")
-    assert one_step_error(trained) < 0.5 * before
+    assert one_step_error(trained) < 0.5 * before  # measured: 0.36
     assert type(trained) is type(student) and trained.config == student.config
 
 
