@@ -50,6 +50,11 @@ CARD_METRICS = [
 ]
 
 
+#: What a sweep measures at each setting (fidelity and diversity), in the card's order.
+SWEEP_METRICS = (
+    "fid", "acceptability", "conditional_accuracy", "precision", "recall", "sampling_seconds",
+)  # fmt: skip
+
 #: Sampling options a sweep can vary, with the type of their values.
 SWEEPABLE = {
     "steps": int,
@@ -128,7 +133,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             model, args.dataset, args.n, floor=False, sample_options={**fixed, option: value}
         )
         row = {option: value}
-        for key in ("fid", "acceptability", "conditional_accuracy", "recall", "sampling_seconds"):
+        for key in SWEEP_METRICS:
             if result.get(key) is not None:
                 row[key] = rounded(result[key])
         rows.append(row)
@@ -298,11 +303,7 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
             out.append(f"| {label} | {format(metrics[key], fmt)} | {shown} |")
     for sweep in card.get("sweeps", []):
         option = sweep["option"]
-        keys = [
-            k
-            for k in ("fid", "acceptability", "conditional_accuracy", "sampling_seconds")
-            if any(k in row for row in sweep["rows"])
-        ]
+        keys = [k for k in SWEEP_METRICS if any(k in row for row in sweep["rows"])]
         of = f" of `{sweep['checkpoint']}`" if sweep.get("checkpoint") else ""
         out += [
             "",
@@ -314,17 +315,19 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
             "fid": "FID",
             "acceptability": "acceptability",
             "conditional_accuracy": "conditional accuracy",
+            "precision": "precision",
+            "recall": "recall",
             "sampling_seconds": f"seconds for {sweep['n']:,} samples",
         }
         out.append(f"| {option} | " + " | ".join(titles[k] for k in keys) + " |")
         out.append("|---" * (len(keys) + 1) + "|")
         for row in sweep["rows"]:
             cells = [
-                format(row[k], ".1%")
+                ""
+                if k not in row
+                else format(row[k], ".1%")
                 if k.endswith("accuracy") or k == "acceptability"
                 else format(row[k], ".2f")
-                if k in row
-                else ""
                 for k in keys
             ]
             out.append(f"| {row[option]} | " + " | ".join(cells) + " |")
