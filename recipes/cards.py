@@ -274,12 +274,24 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
             f"epochs, {minutes:.0f} min on {training.get('machine')}"
             + (f" ({training['note']})" if training.get("note") else "")
         )
+    task = ((training.get("distillation") or {}).get("recipe") or {}).get("task") or {}
+    if task.get("name") == "reflow":
+        distillation = (
+            "Reflow",
+            ". The teacher is the run above; the student learned the "
+            "straight paths between noise and the teacher's samples",
+        )
+    else:
+        distillation = (
+            "Guidance distillation",
+            ". The teacher is the run above"
+            + (" with its guide" if "guide" in training else "")
+            + "; the student samples with one U-Net call per step instead of two",
+        )
     stages = (
         ("guide", "Autoguidance guide", ", attached with "
          "`python recipes/export.py RUN --guide GUIDE_RUN`"),
-        ("distillation", "Guidance distillation", ". The teacher is the run above"
-         + (" with its guide" if "guide" in training else "")
-         + "; the student samples with one U-Net call per step instead of two"),
+        ("distillation", *distillation),
     )  # fmt: skip
     for key, title, remark in stages:
         stage = training.get(key)

@@ -15,6 +15,7 @@ from genmnist.models import (
     DATASETS,
     DDPM,
     Autoguided,
+    FlowMatching,
     create_model,
     load,
     model_card,
@@ -46,13 +47,15 @@ def test_every_shipped_model_has_a_measured_card(dataset, name):
     model = load(name, dataset=dataset)
     assert card["weights"]["parameters"] == model.num_parameters()
     training = card["training"]
-    assert training["command"].startswith(f"genmnist train {name} ")
     assert training["steps"] > 0 and training["seconds"] > 0
     # a guide network, or a teacher's, travels with its training record (a self-guided
     # teacher guides itself toward its clusters)
-    # (a guidance-distilled DDPM is one trained without label dropout)
-    distilled = isinstance(model, DDPM) and model.config.label_dropout == 0
+    # (a guidance-distilled DDPM or a reflow student is one trained without label dropout:
+    # its teacher's guidance is built in; its own run is the distillation record)
+    distilled = isinstance(model, DDPM | FlowMatching) and model.config.label_dropout == 0
     assert ("distillation" in training) == distilled
+    own = training["distillation"] if distilled else training
+    assert own["command"].startswith(f"genmnist train {name} ")
     guided = isinstance(model, Autoguided)
     teacher_guided = distilled and not model.conditional and not model.config.clusters
     assert ("guide" in training) == (guided or teacher_guided)
