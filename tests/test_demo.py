@@ -113,7 +113,7 @@ def test_pickers_list_every_model_with_shipped_weights(dataset):
     diffusion = callbacks.shipped_models(dataset, callbacks.shows_trajectory)
     assert vaes and set(vaes) < set(listed)
     assert all(name.startswith(("vae", "cvae")) for name in vaes)
-    assert diffusion and all(name.startswith(("ddpm", "flow")) for name in diffusion)
+    assert diffusion and all(name.startswith(("ddpm", "flow", "reflow")) for name in diffusion)
 
 
 def test_pickers_include_plugins_with_their_own_weights(

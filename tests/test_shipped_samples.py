@@ -5,6 +5,8 @@ before a restructuring of the models; a change of the shipped weights is the onl
 to record new ones (as for ``cvae`` and the new ``vae-gmm``, retrained with a mixture
 prior, and ``dcgan`` and ``cgan`` retrained with a minibatch-std discriminator beside
 the new ``gan-sc``), or a fix of a sampler (``heun``'s first step on a cosine schedule).
+New shipped models add theirs; a change of a model's sampling defaults keeps the old
+digest under the old settings spelled out and adds one for the new defaults.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import pytest
 import torch
 
 import genmnist
+
+#: Guidance at every step in the even spacing: what ``ddpm-cfg`` did before its defaults
+#: became guidance in a log-SNR interval and trailing steps.
+EVERYWHERE = {"guidance_interval": (float("-inf"), float("inf")), "spacing": "uniform"}
 
 REFERENCE = [
     ("mnist", "cgan", {}, "050993e5a2cd9974"),
@@ -27,11 +33,21 @@ REFERENCE = [
     ("mnist", "vae-mlp", {}, "fdd52c9e12712017"),
     ("mnist", "ddpm", {}, "b7db346e125278c7"),
     ("mnist", "ddpm", {"sampler": "ddim", "steps": 4}, "2ef83daea9dd6cb9"),
-    ("mnist", "ddpm-cfg", {}, "89393e5c03975a61"),
-    ("mnist", "ddpm-cfg", {"guidance": 3.0, "steps": 5, "sampler": "heun"}, "81c37e406c54f6b0"),
+    # ddpm-cfg's earlier defaults, spelled out since its defaults changed (same digests)
+    ("mnist", "ddpm-cfg", {**EVERYWHERE, "guidance": 1.5, "steps": 20}, "89393e5c03975a61"),
+    (
+        "mnist",
+        "ddpm-cfg",
+        {**EVERYWHERE, "guidance": 3.0, "steps": 5, "sampler": "heun"},
+        "81c37e406c54f6b0",
+    ),
+    ("mnist", "ddpm-cfg", {}, "dcb2c3fa88654fca"),
     ("mnist", "flow", {}, "e5a5376a21bf99cb"),
     ("mnist", "flow", {"sampler": "midpoint", "steps": 3, "guidance": 1.0}, "44c36b6b96817d0e"),
+    ("mnist", "reflow", {}, "21bdc396d54ed7e9"),
+    ("mnist", "reflow", {"steps": 1}, "be635c1f75783497"),
     ("fashion-mnist", "ddpm", {}, "3333c5b667f692a5"),
+    ("fashion-mnist", "flow", {}, "ce4ee85d03a56347"),
     ("fashion-mnist", "vae-conv", {}, "4e222d186bf2bc1c"),
 ]
 
