@@ -49,6 +49,7 @@ REFERENCE = [
     ("fashion-mnist", "ddpm", {}, "3333c5b667f692a5"),
     ("fashion-mnist", "flow", {}, "ce4ee85d03a56347"),
     ("fashion-mnist", "vae-conv", {}, "4e222d186bf2bc1c"),
+    ("fashion-mnist", "vae-gmm", {}, "066ab7a330185723"),
 ]
 
 
