@@ -44,7 +44,7 @@ import torch
 
 import genmnist
 from genmnist.metrics.stability import training_time
-from genmnist.models import Autoguided
+from genmnist.models import Autoguided, saved_config
 from genmnist.run_folder import (
     METRICS_FILE,
     holds_model,
@@ -117,7 +117,7 @@ def main() -> None:
     distilled = task != "data"  # guidance distillation, reflow: the run learnt a teacher
     if distilled != (args.teacher is not None):
         parser.error("--teacher names the teacher's run of a distilled model, and only that")
-    teacher_name = genmnist.load(args.teacher).name if distilled else model.name
+    teacher_name = saved_config(args.teacher)[0] if distilled else model.name
     if args.set:
         changes = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
         model.config = model.config.replace(**changes)
