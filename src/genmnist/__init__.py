@@ -24,6 +24,8 @@ _EXPORTS = {
     "Autoguided": "genmnist.models.autoguided",
     "FlowMatching": "genmnist.models.flow",
     "FlowConfig": "genmnist.models.flow",
+    "MeanFlow": "genmnist.models.meanflow",
+    "MeanFlowConfig": "genmnist.models.meanflow",
     "GAN": "genmnist.models.gan",
     "GANConfig": "genmnist.models.gan",
     "VAE": "genmnist.models.vae",

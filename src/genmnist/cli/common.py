@@ -61,7 +61,7 @@ SamplerOption = Annotated[
     str | None,
     typer.Option(
         help="Sampler: ddim, dpmpp-2m, ddpm, euler, heun (diffusion); euler, midpoint, heun, "
-        "adaptive (flow)."
+        "adaptive (flow); mean, or a flow sampler (meanflow)."
     ),
 ]
 StepsOption = Annotated[int | None, typer.Option(min=1, help="Diffusion or flow sampling steps.")]

@@ -6,6 +6,7 @@ Each method is a `genmnist.training.TrainingTask` in a module of its own, regist
 """
 
 from genmnist.distillation.guidance import GuidanceDistillation
+from genmnist.distillation.meanflow import MeanFlowDistillation
 from genmnist.distillation.reflow import Reflow
 
-__all__ = ["GuidanceDistillation", "Reflow"]
+__all__ = ["GuidanceDistillation", "MeanFlowDistillation", "Reflow"]

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from genmnist.errors import CheckpointError, ConfigError
+from genmnist.distillation.teachers import load_flow_model
+from genmnist.errors import ConfigError
 from genmnist.flow import FLOW_SAMPLERS, flow_times
 from genmnist.models.flow import FlowMatching
 from genmnist.training.task import TRAINING_TASKS, TrainingTask
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
     from genmnist.models.base import GenerativeModel
 
-#: Network fields the student shares with the teacher, since it starts from its weights.
-SAME_NETWORK = ("channels", "blocks_per_level", "attention_levels", "num_classes", "clusters")
 #: Most pairs a run may ask for (each costs a full teacher sampling run; 784 floats each).
 MAX_PAIRS = 1_000_000
 #: Pairs the teacher draws at once.
@@ -76,8 +75,6 @@ class Reflow(TrainingTask):
     def prepare(self, model: GenerativeModel, data: InMemoryDataset, resume: bool) -> None:
         """Load the teacher, check that the student can learn from it, copy its network
         into the student (new runs) and draw the pairs."""
-        from genmnist.models import load
-
         if not isinstance(model, FlowMatching):
             raise ConfigError(f"reflow trains a flow model, not a {type(model).__name__}")
         if model.config.label_dropout != 0 and model.conditioning.num_labels:
@@ -85,18 +82,7 @@ class Reflow(TrainingTask):
                 "a reflow student learns its teacher's guided paths for every label: "
                 "set its label_dropout to 0"
             )
-        try:
-            teacher = load(self.teacher_source, dataset=data.name)
-        except CheckpointError as exc:
-            raise CheckpointError(f"reflow teacher: {exc}") from None
-        if not isinstance(teacher, FlowMatching):
-            raise ConfigError(
-                f"reflow teacher '{self.teacher_source}' is a {type(teacher).__name__}, "
-                "not a flow model"
-            )
-        if problem := model.config.first_difference(teacher.config, SAME_NETWORK):
-            raise ConfigError(f"reflow teacher '{self.teacher_source}': {problem}")
-        teacher.eval().requires_grad_(False).to(model.device)
+        teacher = load_flow_model(self.teacher_source, data.name, model, "reflow teacher")
         if not resume:
             model.unet.load_state_dict(teacher.unet.state_dict())
             model.conditioning.load_state_dict(teacher.conditioning.state_dict())

@@ -19,6 +19,7 @@ from genmnist.models.loading import (
     pretrained_dir,
     saved_config,
 )
+from genmnist.models.meanflow import MeanFlow, MeanFlowConfig
 from genmnist.models.vae import VAE, VAEConfig
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "GANConfig",
     "VAE",
     "GenerativeModel",
+    "MeanFlow",
+    "MeanFlowConfig",
     "ModelConfig",
     "SampleNoise",
     "VAEConfig",

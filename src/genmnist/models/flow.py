@@ -103,7 +103,7 @@ class FlowMatching(LabelGuidance, GenerativeModel):
         cfg = self.config
         self.path = LinearPath()
         self.time_distribution = TIME_DISTRIBUTIONS.get(cfg.time_distribution)
-        FLOW_SAMPLERS.get(cfg.sampler)  # fail early on an unknown default sampler
+        self.check_sampler(cfg.sampler)  # fail early on an unknown default sampler
         flow_times(cfg.sampling_steps, cfg.time_shift)  # ... and on unusable step settings
         self.check_guidance_defaults()
         self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters)
@@ -114,6 +114,11 @@ class FlowMatching(LabelGuidance, GenerativeModel):
             num_classes=self.conditioning.num_labels,
             dropout=cfg.dropout,
         )
+
+    @staticmethod
+    def check_sampler(name: str) -> None:
+        """Raise `RegistryError` unless ``name`` is a sampler this model has."""
+        FLOW_SAMPLERS.get(name)
 
     # ----------------------------------------------------------------- velocity
     def predict_velocity(

@@ -91,6 +91,9 @@ class UNet(nn.Module):
         dropout: Dropout inside residual blocks.
         in_channels: Image channels in.
         out_channels: Prediction channels out.
+        interval_embedding: Also embed a second time, the length of the step the network
+            predicts over (MeanFlow's ``t - r``); its embedding starts at zero, so a
+            network trained without one loads into it unchanged.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         in_channels: int = 1,
         out_channels: int = 1,
+        interval_embedding: bool = False,
     ) -> None:
         super().__init__()
         channels = tuple(channels)
@@ -112,6 +116,11 @@ class UNet(nn.Module):
             nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
+        self.interval_mlp = (
+            nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), _zero(nn.Linear(emb_dim, emb_dim)))
+            if interval_embedding
+            else None
+        )
         self.stem = nn.Conv2d(in_channels, base, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -161,14 +170,23 @@ class UNet(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interval: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict from noisy images ``x`` at steps ``t``; ``labels`` may use the null class."""
+        """Predict from noisy images ``x`` at steps ``t``; ``labels`` may use the null class;
+        ``interval`` is the second time of a U-Net built with ``interval_embedding``."""
         emb = self.time_mlp(sinusoidal_embedding(t, self.base))
         if self.class_emb is not None:
             if labels is None:
                 raise ConfigError("this U-Net is class-conditional: labels are required")
             emb = emb + self.class_emb(labels)
+        if self.interval_mlp is not None:
+            if interval is None:
+                raise ConfigError("this U-Net embeds a step interval: interval is required")
+            emb = emb + self.interval_mlp(sinusoidal_embedding(interval, self.base))
         h = self.stem(x)
         skips = []
         for blocks, downsample in zip(self.down, self.downsample, strict=True):
