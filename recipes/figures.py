@@ -21,7 +21,11 @@ new model gets its pictures without an edit here. It writes, all with seed 0:
 * ``docs/images/flow-path.png``: the straight noising path of flow matching, applied to
   samples of a shipped model (needs no flow weights);
 * ``docs/models/vae-priors.png``: the shipped ``vae-gmm`` decoded from the standard
-  normal prior it was trained against (left) and from its fitted mixture prior (right).
+  normal prior it was trained against (left) and from its fitted mixture prior (right);
+* ``docs/images/tradeoff-<dataset>.png``: fidelity (acceptability) against diversity
+  (recall) along every guidance-scale or temperature sweep of 2,000 samples on the shipped
+  cards (``recipes/cards.py sweep``), one line per sweep (needs matplotlib, the ``plot``
+  extra; it draws no samples).
 
 The Markdown pages link these files by hand, except ``docs/pretrained.md``, whose sample
 grids are linked by ``python recipes/cards.py docs`` from the shipped cards; run that after
@@ -30,6 +34,7 @@ this script when a model was added.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +55,7 @@ SCALE = 2  # enlargement of every grid, nearest neighbour
 STRIP = 10  # images per gallery strip
 #: Gallery order: model classes from simple to elaborate; other classes come last.
 FAMILY_ORDER = ["VAE", "GAN", "DDPM", "Autoguided", "FlowMatching"]
+DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
 
 def shipped_models() -> dict[str, list[str]]:
@@ -202,6 +208,55 @@ def vae_priors(out: Path) -> Path:
     return _save_png(_picture(torch.cat([left, gap, right], dim=2)), out)
 
 
+#: Sampling options whose sweeps trade fidelity for diversity, and the sweeps' sample count.
+TRADEOFF_OPTIONS = ("guidance", "temperature")
+TRADEOFF_N = 2000
+
+
+def tradeoff_sweeps(dataset: str) -> dict[str, list[tuple[float, float, float]]]:
+    """``{label: [(value, recall, acceptability), ...]}`` for every numeric guidance or
+    temperature sweep of `TRADEOFF_N` samples on the shipped cards of ``dataset``."""
+    sweeps = {}
+    for name in shipped_models().get(dataset, []):
+        card = json.loads((pretrained_dir(name, dataset) / "card.json").read_text())
+        for sweep in card.get("sweeps", []):
+            option, rows = sweep["option"], sweep["rows"]
+            numeric = all(isinstance(row[option], int | float) for row in rows)
+            if option not in TRADEOFF_OPTIONS or sweep["n"] != TRADEOFF_N or not numeric:
+                continue
+            label = f"{name}, {option}"
+            if "checkpoint" in sweep:
+                label = f"{name}'s guided teacher, {option}"
+            points = [(r[option], r["recall"], r["acceptability"]) for r in rows]
+            sweeps[label] = sorted(points)
+    return sweeps
+
+
+def tradeoff(dataset: str, out: Path) -> Path | None:
+    """Acceptability against recall along each sweep of `tradeoff_sweeps`, each point
+    labelled with its setting (None: no such sweep, or no matplotlib)."""
+    from genmnist.viz import has_matplotlib, matplotlib_figure, save_figure
+
+    sweeps = tradeoff_sweeps(dataset)
+    if not sweeps or not has_matplotlib():
+        return None
+    fig = matplotlib_figure(7.5, 5.0)
+    ax = fig.add_subplot()
+    for label, points in sweeps.items():
+        values, recall, acceptability = zip(*points, strict=True)
+        ax.plot(recall, acceptability, marker="o", markersize=4, linewidth=1.5, label=label)
+        for value, x, y in points:
+            ax.annotate(f"{value:g}", (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)  # fmt: skip
+    ax.set_xlabel(f"recall (diversity), {TRADEOFF_N:,} samples")
+    ax.set_ylabel("acceptability (fidelity)")
+    ax.yaxis.set_major_formatter(lambda y, _: f"{y:.0%}")
+    ax.set_title(f"Fidelity against diversity: {DATASET_TITLES.get(dataset, dataset)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return save_figure(fig, out)
+
+
 def main(report: Callable[[Path], None] = lambda path: print(path.relative_to(REPO))) -> None:
     """Write every figure, reporting each file written."""
     torch.set_grad_enabled(False)
@@ -225,6 +280,9 @@ def main(report: Callable[[Path], None] = lambda path: print(path.relative_to(RE
         report(quickstart(IMAGES / "quickstart-samples.png"))
     if "vae-gmm" in shipped.get("mnist", []):
         report(vae_priors(DOCS / "models" / "vae-priors.png"))
+    for dataset in shipped:
+        if (written := tradeoff(dataset, IMAGES / f"tradeoff-{dataset}.png")) is not None:
+            report(written)
 
 
 if __name__ == "__main__":
