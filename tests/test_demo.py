@@ -213,7 +213,7 @@ def test_sample_names_the_settings_a_model_does_not_take(store):
         ({"name": "ddpm-cfg", "guidance": "inf"}, "guidance must be a finite number"),
         ({"name": "cgan", "label": "10"}, "label must be a whole number from 0 to 9"),
         ({"name": "vae-conv", "dataset": "kmnist"}, "unknown dataset 'kmnist'"),
-        ({"name": "cgan", "dataset": "fashion-mnist"}, "no pretrained weights ship for 'cgan'"),
+        ({"name": "vae-mlp", "dataset": "fashion-mnist"}, "no pretrained weights ship"),
     ],
 )
 def test_sample_refuses_bad_values_in_one_line(store, settings, fragment):

@@ -26,7 +26,7 @@ REFERENCE = [
     ("mnist", "cgan", {}, "050993e5a2cd9974"),
     ("mnist", "cvae", {}, "5dcf7cc635d9a448"),
     ("mnist", "dcgan", {}, "245be0739caaec22"),
-    ("mnist", "gan-sc", {}, "d4eebfc3386f211c"),
+    ("mnist", "gan-sc", {}, "6a43b936afa3e21c"),
     ("mnist", "gan-mlp", {}, "082160c3e59bd058"),
     ("mnist", "vae-conv", {}, "d0972a4b0f646506"),
     ("mnist", "vae-gmm", {}, "c8d6a7a11e742503"),

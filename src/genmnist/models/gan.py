@@ -381,11 +381,11 @@ MODELS.register(
 MODELS.register(
     "gan-sc",
     GAN,
-    description="Self-conditioned DCGAN: G and D conditioned on 20 k-means clusters of the "
+    description="Self-conditioned DCGAN: G and D conditioned on 50 k-means clusters of the "
     "training images, drawn by their share (unconditional to the user); minibatch std in D",
     generator="conv",
     discriminator="conv",
-    clusters=20,
+    clusters=50,
     conditioning="projection",
     minibatch_std=True,
     real_target=0.9,
