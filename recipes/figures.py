@@ -34,12 +34,12 @@ this script when a model was added.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from cards import DATASET_TITLES, read_card  # recipes/cards.py, beside this script
 
 import genmnist
 from genmnist.models import DATASETS, pretrained_dir, saved_config
@@ -55,7 +55,6 @@ SCALE = 2  # enlargement of every grid, nearest neighbour
 STRIP = 10  # images per gallery strip
 #: Gallery order: model classes from simple to elaborate; other classes come last.
 FAMILY_ORDER = ["VAE", "GAN", "DDPM", "Autoguided", "FlowMatching"]
-DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
 
 def shipped_models() -> dict[str, list[str]]:
@@ -218,7 +217,7 @@ def tradeoff_sweeps(dataset: str) -> dict[str, list[tuple[float, float, float]]]
     temperature sweep of `TRADEOFF_N` samples on the shipped cards of ``dataset``."""
     sweeps = {}
     for name in shipped_models().get(dataset, []):
-        card = json.loads((pretrained_dir(name, dataset) / "card.json").read_text())
+        card = read_card(dataset, name)
         for sweep in card.get("sweeps", []):
             option, rows = sweep["option"], sweep["rows"]
             numeric = all(isinstance(row[option], int | float) for row in rows)

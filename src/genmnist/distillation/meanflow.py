@@ -44,10 +44,9 @@ class MeanFlowDistillation(TrainingTask):
     name = "meanflow-distillation"
 
     def __init__(self, teacher: str, start: str | None = None) -> None:
-        for option, value in (("teacher", teacher), ("start", start)):
-            if (value is not None or option == "teacher") and (
-                not isinstance(value, str) or not value.strip()
-            ):
+        named = {"teacher": teacher} if start is None else {"teacher": teacher, "start": start}
+        for option, value in named.items():
+            if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"meanflow distillation {option} must be a flow model's "
                                   f"folder or name, got {value!r}")  # fmt: skip
         self.teacher_source = teacher

@@ -88,6 +88,8 @@ class FlowMatching(LabelGuidance, GenerativeModel):
     default_name = "flow"
     bf16_helps = True  # the same U-Net as the diffusion models
     sampling_precision = "bf16"
+    #: Whether the U-Net also embeds a step length (`genmnist.models.MeanFlow` does).
+    interval_embedding = False
     sampling_options = (
         "sampler",
         "steps",
@@ -113,6 +115,7 @@ class FlowMatching(LabelGuidance, GenerativeModel):
             attention_levels=tuple(cfg.attention_levels),
             num_classes=self.conditioning.num_labels,
             dropout=cfg.dropout,
+            interval_embedding=self.interval_embedding,
         )
 
     @staticmethod

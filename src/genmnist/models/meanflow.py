@@ -34,7 +34,6 @@ from genmnist.errors import ConfigError
 from genmnist.flow import FLOW_SAMPLERS, flow_times, sample_flow
 from genmnist.models.base import SampleNoise
 from genmnist.models.flow import FlowConfig, FlowMatching
-from genmnist.nn.unet import UNet
 from genmnist.registry import MODELS
 
 #: ``average_velocity(z_t, r, t) -> u``: the average velocity from ``t`` down to ``r``.
@@ -68,6 +67,7 @@ class MeanFlow(FlowMatching):
 
     config_class = MeanFlowConfig
     default_name = "meanflow"
+    interval_embedding = True
     config: MeanFlowConfig
 
     def __init__(self, config: MeanFlowConfig | None = None, **overrides: Any) -> None:
@@ -79,14 +79,6 @@ class MeanFlow(FlowMatching):
             raise ConfigError(
                 f"adaptive_loss_power must be in [0, 2], got {cfg.adaptive_loss_power!r}"
             )
-        self.unet = UNet(
-            channels=tuple(cfg.channels),
-            blocks_per_level=cfg.blocks_per_level,
-            attention_levels=tuple(cfg.attention_levels),
-            num_classes=self.conditioning.num_labels,
-            dropout=cfg.dropout,
-            interval_embedding=True,
-        )
 
     @staticmethod
     def check_sampler(name: str) -> None:
