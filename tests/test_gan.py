@@ -20,6 +20,7 @@ from genmnist.losses import (
     r1_penalty,
 )
 from genmnist.models import GAN, GANConfig, create_model, load
+from genmnist.models.gan import MonitorReference
 from genmnist.nn import DECODERS, DISCRIMINATORS, ConvDiscriminator, MLPDiscriminator
 from genmnist.training import METRICS_FILE, Trainer, TrainOptions
 
@@ -292,6 +293,56 @@ def test_training_metrics_track_diversity_without_touching_the_rng():
     assert collapsed["sample_diversity"] == pytest.approx(0.0, abs=1e-6)
     assert collapsed["class_diversity"] == pytest.approx(0.0, abs=1e-6)
     assert tiny_gan("dcgan", metrics_samples=0).training_metrics(0) == {}
+
+
+def test_monitor_recall_sees_a_generator_that_drops_modes(tiny_dataset):
+    """The collapse monitor's recall: real images score the real level, a generator that
+    repeats a few images scores far below it and raises the warning."""
+    reference = MonitorReference.from_data(tiny_dataset, 64)
+    assert reference.real.shape == (64, 784) and 0.5 < reference.real_recall <= 1.0
+    order = torch.randperm(len(tiny_dataset), generator=torch.Generator().manual_seed(1))
+    fresh, _ = tiny_dataset.batch(order[:64])
+    healthy = reference.score(fresh.flatten(1))["sample_recall"]
+    repeated = reference.score(fresh[:2].repeat(32, 1, 1, 1).flatten(1))["sample_recall"]
+    assert healthy > 0.5 * reference.real_recall and repeated < 0.1
+    model = tiny_gan("dcgan")
+    assert model.training_warnings({"sample_recall": healthy, "real_recall": 0.9}) == {}
+    warned = model.training_warnings({"sample_recall": repeated, "real_recall": 0.9})
+    assert list(warned) == ["mode collapse"] and "0.90" in warned["mode collapse"]
+    nan = reference.score(torch.full((8, 784), math.nan))  # a diverged generator: no crash
+    assert math.isnan(nan["sample_recall"])
+    assert model.training_warnings({"sample_recall": math.nan, "real_recall": 0.9}) == {}
+
+
+def test_training_metrics_add_recall_once_prepared(tiny_dataset):
+    model = tiny_gan("dcgan", metrics_samples=32)
+    assert "sample_recall" not in model.training_metrics(0)  # no data seen yet
+    model.prepare_training(tiny_dataset, resume=False)
+    metrics = model.training_metrics(0)
+    assert {"sample_diversity", "sample_recall", "real_recall"} <= set(metrics)
+    for p in model.generator.parameters():  # a constant generator covers no real image
+        nn.init.zeros_(p)
+    assert model.training_metrics(0)["sample_recall"] == 0.0
+
+
+def test_trainer_shows_a_lasting_late_warning_once(tmp_path, tiny_dataset):
+    """Warnings of the first half of a run, and one-off ones, stay quiet; a warning two
+    records in a row in the second half is shown once."""
+    model = tiny_gan("dcgan", batch_size=16)
+    warn_at = {6, 10, 14, 16, 18}
+    model.training_warnings = lambda metrics: {"kind": "trouble"} if model._step in warn_at else {}
+    original = model.training_metrics
+
+    def metrics_noting_the_step(step):
+        model._step = step
+        return original(step)
+
+    model.training_metrics = metrics_noting_the_step
+    lines: list[str] = []
+    options = TrainOptions(out=tmp_path / "run", max_steps=20, log_every=2, progress=False)
+    Trainer(model, options, tiny_dataset, log=lines.append).fit()
+    warnings = [line for line in lines if "trouble" in line]
+    assert warnings == ["Warning at step 16: trouble"]  # 6 is early, 10 alone, 18 again
 
 
 # --------------------------------------------------------------------------- training, files

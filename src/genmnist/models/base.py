@@ -463,6 +463,14 @@ class GenerativeModel(nn.Module):
         GAN's sample diversity, to catch mode collapse early). Default: none."""
         return {}
 
+    def training_warnings(self, metrics: dict[str, float]) -> dict[str, str]:
+        """Warnings about a run read from one metrics record, by kind (e.g. a GAN's
+        samples covering far less of the data than real images do: ``mode collapse``).
+        The trainer shows each kind once, in the second half of a run, when two records
+        in a row raise it, so the noise of a young model does not trip it. Default:
+        none."""
+        return {}
+
     # ----------------------------------------------------------------- export
     def export_network(self) -> ExportSpec:
         """The network that samples, as a plain module with example inputs and what they

@@ -40,6 +40,7 @@ from genmnist.nn.modes import evaluating
 from genmnist.registry import MODELS
 
 if TYPE_CHECKING:
+    from genmnist.data import InMemoryDataset
     from genmnist.export import ExportSpec
 
 #: Discriminator regularisers a `GANConfig` can name.
@@ -87,7 +88,8 @@ class GANConfig(ModelConfig):
         penalty_every: Apply the penalty every this many steps, scaled up to match (lazy
             regularisation, Karras et al., 2020), which makes it cheaper.
         d_lr: Discriminator learning rate (None: ``lr``); ``lr`` is the generator's.
-        metrics_samples: Size of the fixed sample batch scored at each logging interval.
+        metrics_samples: Size of the fixed sample batch scored at each logging interval
+            (and of the fixed batch of real training images it is compared with).
         epochs: Default number of training epochs.
     """
 
@@ -114,7 +116,7 @@ class GANConfig(ModelConfig):
     penalty_weight: float = 10.0
     penalty_every: int = 1
     d_lr: float | None = None
-    metrics_samples: int = 100
+    metrics_samples: int = 512
     epochs: int = 5
     batch_size: int = 64
     lr: float = 2e-4
@@ -181,6 +183,9 @@ class GAN(ConditionedModel, GenerativeModel):
             minibatch_std=cfg.minibatch_std,
         )
         initialise(self.generator, cfg.init)  # the discriminator initialises itself
+        # Fixed real training images the monitor compares samples with (set by
+        # prepare_training; not saved), and their own recall and diversity as the levels.
+        self._monitor_reference: MonitorReference | None = None
         # Fakes of the current step's discriminator phase, reused by its generator phase
         # (as in PyTorch's DCGAN example): saves one generator forward pass per step.
         self._fakes: tuple[int, torch.Tensor, torch.Tensor | None] | None = None
@@ -304,6 +309,13 @@ class GAN(ConditionedModel, GenerativeModel):
             "fooled": (fake_logits.detach() > 0).float().mean(),
         }
 
+    def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
+        """Fit the conditioning (a new run) and pick the real images the collapse monitor
+        compares samples with (every run, as they are not saved)."""
+        super().prepare_training(data, resume)
+        if self.config.metrics_samples >= MIN_MONITOR_SAMPLES:
+            self._monitor_reference = MonitorReference.from_data(data, self.config.metrics_samples)
+
     @torch.no_grad()
     def training_metrics(self, step: int) -> dict[str, float]:
         """Diversity of a fixed batch of samples (same noise every time, from its own
@@ -313,7 +325,13 @@ class GAN(ConditionedModel, GenerativeModel):
         batch (images in ``[0, 1]``; about 0.36 for real MNIST digits); values falling
         towards 0 mean mode collapse. Conditional models also log ``class_diversity``,
         the same among samples of one label (about 0.32 on MNIST), which catches collapse
-        within a class that the overall number hides.
+        within a class that the overall number hides. During training (after
+        `prepare_training`) ``sample_recall`` is the improved recall, in pixel space, of
+        a fixed batch of real training images by the samples (the share of real images
+        inside the samples' k-nearest-neighbour balls) and ``real_recall`` the same for a
+        second real batch, the level a healthy generator approaches: a generator that
+        draws varied-looking but too few kinds of images keeps its diversity and loses
+        recall.
         """
         n = self.config.metrics_samples
         if n < 2:
@@ -331,7 +349,71 @@ class GAN(ConditionedModel, GenerativeModel):
             same = (labels[:, None] == labels[None, :]) & off_diagonal
             if same.any():
                 metrics["class_diversity"] = float(distance[same].mean())
+        if self._monitor_reference is not None:
+            metrics.update(self._monitor_reference.score(flat))
         return metrics
+
+    def training_warnings(self, metrics: dict[str, float]) -> dict[str, str]:
+        """A warning when the samples cover less than half the real images that a second
+        real batch covers (``sample_recall`` below half of ``real_recall``): the
+        generator is dropping modes."""
+        recall, level = metrics.get("sample_recall"), metrics.get("real_recall")
+        if recall is None or level is None or not recall < COLLAPSE_RECALL_SHARE * level:
+            return {}
+        return {
+            "mode collapse": f"possible mode collapse: the samples cover {recall:.2f} of a "
+            f"batch of real images (sample_recall), a second real batch covers {level:.2f}"
+        }
+
+
+#: The monitor's recall needs a few neighbours per point to mean anything.
+MIN_MONITOR_SAMPLES = 16
+#: Neighbour count of the monitor's k-NN balls (as in `genmnist.metrics.precision_recall`).
+MONITOR_NEIGHBOURS = 3
+#: `GAN.training_warnings` warns below this share of the real-data recall. Measured with
+#: 512 samples on seven trained GANs: the two that dropped modes (evaluator recall 0.07
+#: and 0.19) scored 0.21 and 0.27 of the real level, the five healthy ones 0.73-0.95.
+COLLAPSE_RECALL_SHARE = 0.5
+#: Seed of the real images the monitor compares with.
+MONITOR_SEED = 20_200_101
+
+
+@dataclass
+class MonitorReference:
+    """Two fixed batches of real training images, flattened in ``[0, 1]``: the one the
+    samples are compared with and a second one that shows the real-data level."""
+
+    real: torch.Tensor
+    real_radii: torch.Tensor
+    real_recall: float
+
+    @classmethod
+    def from_data(cls, data: InMemoryDataset, n: int) -> MonitorReference:
+        """``n`` images (at most half the split each) drawn with a fixed seed, on the
+        CPU (the k-NN search is small)."""
+        from genmnist.metrics.distances import kth_neighbour_radii, precision_recall
+
+        n = min(n, len(data) // 2)
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(MONITOR_SEED))
+        real, _ = data.batch(order[:n])
+        other, _ = data.batch(order[n : 2 * n])
+        real, other = real.flatten(1).float().cpu(), other.flatten(1).float().cpu()
+        radii = kth_neighbour_radii(real, MONITOR_NEIGHBOURS)
+        _, real_recall = precision_recall(real, other, MONITOR_NEIGHBOURS, real_radii=radii)
+        return cls(real, radii, real_recall)
+
+    def score(self, samples: torch.Tensor) -> dict[str, float]:
+        """``sample_recall`` of flattened samples in ``[0, 1]`` (NaN when a sample is
+        not finite) and ``real_recall``."""
+        from genmnist.metrics.distances import precision_recall
+
+        samples = samples.float().cpu()
+        if not bool(torch.isfinite(samples).all()):
+            return {"sample_recall": math.nan, "real_recall": self.real_recall}
+        _, recall = precision_recall(
+            self.real, samples, MONITOR_NEIGHBOURS, real_radii=self.real_radii
+        )
+        return {"sample_recall": recall, "real_recall": self.real_recall}
 
 
 class GeneratorNetwork(nn.Module):

@@ -58,6 +58,24 @@ class _Plan:
     total_steps: int
 
 
+class _WarningWatch:
+    """Which of a model's `training_warnings` to show: each kind once, only in the second
+    half of a run and only when two records in a row raise it (so the noise of a young
+    model does not trip it)."""
+
+    def __init__(self) -> None:
+        self.previous: set[str] = set()
+        self.shown: set[str] = set()
+
+    def update(self, warnings: dict[str, str], late: bool) -> list[str]:
+        """The messages to show now, given one record's warnings (kind -> message)."""
+        current = set(warnings) if late else set()
+        due = sorted((current & self.previous) - self.shown)
+        self.previous = current
+        self.shown.update(due)
+        return [warnings[kind] for kind in due]
+
+
 class _Window:
     """The logged numbers summed since the last metrics record, and the images seen."""
 
@@ -114,6 +132,7 @@ class Trainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        self.warnings = _WarningWatch()
 
     def log(self, message: str) -> None:
         """Report a line of progress (only rank 0 speaks when training with torchrun)."""
@@ -380,6 +399,10 @@ class Trainer:
         if self.rank == 0:
             with evaluating(self.model), torch.inference_mode():
                 metrics.update(self.model.training_metrics(step))
+            for message in self.warnings.update(
+                self.model.training_warnings(metrics), late=2 * step >= plan.total_steps
+            ):
+                self.console.log(f"Warning at step {step}: {message}")
             lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]
             record = {"step": step, "epoch": step / plan.batches_per_epoch, **metrics, "lr": lr}
             record.update(images_per_second=rate, time=now - started)
