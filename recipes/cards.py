@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,8 @@ CARD_METRICS = [
 
 #: What a sweep measures at each setting (fidelity and diversity), in the card's order.
 SWEEP_METRICS = (
-    "fid", "acceptability", "conditional_accuracy", "precision", "recall", "sampling_seconds",
+    "fid", "acceptability", "conditional_accuracy", "precision", "recall", "network_calls",
+    "sampling_seconds",
 )  # fmt: skip
 
 #: Sampling options a sweep can vary, with the type of their values.
@@ -116,6 +119,26 @@ def json_or_text(value: str) -> Any:
         return value
 
 
+@contextmanager
+def counting_network_calls(model: Any) -> Iterator[dict[str, int]]:
+    """Count the images that pass through the model's U-Nets (teacher, guide and student
+    alike) while the block runs: ``{"images": ...}``. Divided by the number of samples it
+    is the network calls per image, guidance's doubled batches included."""
+    from genmnist.nn.unet import UNet
+
+    seen = {"images": 0}
+
+    def count(module, inputs, output) -> None:
+        seen["images"] += inputs[0].shape[0]
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, UNet)]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     import genmnist
     from genmnist.metrics import evaluate
@@ -129,9 +152,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     fixed = {k: json_or_text(v) for k, v in (item.split("=", 1) for item in args.set)}
     rows = []
     for value in values:
-        result = evaluate(
-            model, args.dataset, args.n, floor=False, sample_options={**fixed, option: value}
-        )
+        with counting_network_calls(model) as seen:
+            result = evaluate(
+                model, args.dataset, args.n, floor=False, sample_options={**fixed, option: value}
+            )
+        if seen["images"]:
+            result["network_calls"] = seen["images"] / args.n
         row = {option: value}
         for key in SWEEP_METRICS:
             if result.get(key) is not None:
@@ -329,6 +355,7 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
             "conditional_accuracy": "conditional accuracy",
             "precision": "precision",
             "recall": "recall",
+            "network_calls": "U-Net calls per image",
             "sampling_seconds": f"seconds for {sweep['n']:,} samples",
         }
         out.append(f"| {option} | " + " | ".join(titles[k] for k in keys) + " |")
@@ -339,6 +366,8 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
                 if k not in row
                 else format(row[k], ".1%")
                 if k.endswith("accuracy") or k == "acceptability"
+                else format(row[k], "g")
+                if k == "network_calls"
                 else format(row[k], ".2f")
                 for k in keys
             ]

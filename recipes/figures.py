@@ -25,7 +25,10 @@ new model gets its pictures without an edit here. It writes, all with seed 0:
 * ``docs/images/tradeoff-<dataset>.png``: fidelity (acceptability) against diversity
   (recall) along every guidance-scale or temperature sweep of 2,000 samples on the shipped
   cards (``recipes/cards.py sweep``), one line per sweep (needs matplotlib, the ``plot``
-  extra; it draws no samples).
+  extra; it draws no samples);
+* ``docs/images/steps-<dataset>.png``: FID, acceptability and recall against the U-Net
+  calls per image along every ``--steps`` sweep of 2,000 samples on the shipped cards
+  whose rows counted the calls (the diffusion and flow models; no sampling either).
 
 The Markdown pages link these files by hand, except ``docs/pretrained.md``, whose sample
 grids are linked by ``python recipes/cards.py docs`` from the shipped cards; run that after
@@ -256,6 +259,57 @@ def tradeoff(dataset: str, out: Path) -> Path | None:
     return save_figure(fig, out)
 
 
+def steps_sweeps(dataset: str) -> dict[str, list[dict[str, float]]]:
+    """``{model: rows}`` of every ``steps`` sweep of `TRADEOFF_N` samples on the shipped
+    cards of ``dataset`` whose rows carry ``network_calls``, sorted by calls."""
+    sweeps = {}
+    for name in shipped_models().get(dataset, []):
+        for sweep in read_card(dataset, name).get("sweeps", []):
+            if sweep["option"] != "steps" or sweep["n"] != TRADEOFF_N or "checkpoint" in sweep:
+                continue
+            rows = [row for row in sweep["rows"] if "network_calls" in row]
+            if rows:
+                sweeps[name] = sorted(rows, key=lambda row: row["network_calls"])
+    return sweeps
+
+
+def steps_figure(dataset: str, out: Path) -> Path | None:
+    """FID, acceptability and recall against U-Net calls per image, one line per model
+    of `steps_sweeps` (None: no such sweep, or no matplotlib)."""
+    from genmnist.viz import has_matplotlib, matplotlib_figure, save_figure
+
+    sweeps = steps_sweeps(dataset)
+    if not sweeps or not has_matplotlib():
+        return None
+    fig = matplotlib_figure(12.0, 4.0)
+    panels = (("fid", "FID (log scale)"), ("acceptability", "acceptability"),
+              ("recall", "recall"))  # fmt: skip
+    for index, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), index + 1)
+        for name, rows in sweeps.items():
+            points = [(row["network_calls"], row[key]) for row in rows if key in row]
+            if points:
+                calls, values = zip(*points, strict=True)
+                ax.plot(calls, values, marker="o", markersize=4, linewidth=1.5, label=name)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
+        if key == "fid":
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(lambda y, _: f"{y:g}")
+        elif key == "acceptability":
+            ax.yaxis.set_major_formatter(lambda y, _: f"{y:.0%}")
+        ax.set_xlabel("U-Net calls per image")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if index == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle(
+        f"Quality against sampling steps: {DATASET_TITLES.get(dataset, dataset)} "
+        f"({TRADEOFF_N:,} samples per point)"
+    )
+    return save_figure(fig, out)
+
+
 def main(report: Callable[[Path], None] = lambda path: print(path.relative_to(REPO))) -> None:
     """Write every figure, reporting each file written."""
     torch.set_grad_enabled(False)
@@ -281,6 +335,8 @@ def main(report: Callable[[Path], None] = lambda path: print(path.relative_to(RE
         report(vae_priors(DOCS / "models" / "vae-priors.png"))
     for dataset in shipped:
         if (written := tradeoff(dataset, IMAGES / f"tradeoff-{dataset}.png")) is not None:
+            report(written)
+        if (written := steps_figure(dataset, IMAGES / f"steps-{dataset}.png")) is not None:
             report(written)
 
 
