@@ -30,6 +30,18 @@ def test_linear_schedule_matches_ho_et_al():
     torch.testing.assert_close(s.alphas_cumprod, expected)
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+def test_short_schedules_stay_valid_and_too_short_ones_are_refused(name):
+    s = SCHEDULES.create(name, timesteps=10)  # linear's scaled betas would pass 1 here
+    assert bool(((s.betas > 0) & (s.betas < 1)).all())
+    assert bool((s.alphas_cumprod > 0).all()) and bool(
+        torch.isfinite(s.log_snr(torch.arange(10))).all()
+    )
+    for bad in (1, 0, -3, 2.5):
+        with pytest.raises(ConfigError, match="timesteps must be an integer >= 2"):
+            SCHEDULES.create(name, timesteps=bad)
+
+
 def test_cosine_schedule_matches_nichol_dhariwal():
     T, offset = 1000, 0.008
     s = SCHEDULES.create("cosine", timesteps=T)

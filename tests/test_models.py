@@ -51,6 +51,45 @@ def test_create_model_errors():
         create_model("vae-mlp", num_classes=-1)
 
 
+#: Architecture values no network can be built from, and the field each error names.
+UNBUILDABLE = [
+    ("ddpm", {"channels": [0]}, "channels must be positive"),
+    ("ddpm", {"channels": []}, "channels needs at least one"),
+    ("ddpm", {"channels": [8, 8, 8, 8]}, "4 levels"),
+    ("ddpm", {"blocks_per_level": 0}, "blocks_per_level"),
+    ("ddpm", {"attention_levels": [5]}, "attention_levels"),
+    ("ddpm", {"dropout": 1.0}, "dropout"),
+    ("ddpm", {"timesteps": 1}, "timesteps must be an integer >= 2"),
+    ("ddpm", {"sampling_steps": 2000}, "cannot exceed timesteps"),
+    ("ddpm", {"min_snr_gamma": 0}, "min_snr_gamma"),
+    ("flow", {"channels": [16, -16]}, "channels must be positive"),
+    ("flow", {"blocks_per_level": 0}, "blocks_per_level"),
+    ("vae-conv", {"hidden_dims": []}, "hidden_dims needs at least one"),
+    ("vae-conv", {"hidden_dims": [0, 8]}, "hidden_dims must be positive"),
+    ("vae-mlp", {"hidden_dims": [0]}, "hidden_dims must be positive"),
+    ("vae-conv", {"beta": -1}, "beta"),
+    ("vae-conv", {"kl_warmup_steps": -1}, "kl_warmup_steps"),
+    ("dcgan", {"g_hidden_dims": [0, 8]}, "g_hidden_dims"),
+    ("dcgan", {"g_hidden_dims": []}, "hidden_dims needs at least one"),
+    ("gan-mlp", {"d_hidden_dims": [-4]}, "d_hidden_dims"),
+    ("dcgan", {"d_dropout": 1.5}, "dropout"),
+    ("dcgan", {"d_lr": -1}, "d_lr"),
+    ("cgan", {"embed_dim": 0}, "embed_dim"),  # else the labels would be ignored
+]
+
+
+@pytest.mark.parametrize("name, overrides, match", UNBUILDABLE)
+def test_unbuildable_architectures_are_refused_by_name(name, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        create_model(name, **overrides)
+
+
+def test_odd_u_net_widths_build_and_sample():
+    model = create_model("ddpm", channels=[3, 5], attention_levels=[1], sampling_steps=2)
+    images = model.sample(2, seed=0)
+    assert images.shape == (2, 1, 28, 28) and bool(torch.isfinite(images).all())
+
+
 def test_config_dict_round_trip():
     cfg = VAEConfig(hidden_dims=(3, 5), betas=(0.5, 0.9), ema_decay=0.99)
     data = cfg.to_dict()

@@ -361,14 +361,18 @@ def test_unknown_or_missing_devices_fail_in_one_line(
     assert_one_line_error(err, "--device")
 
 
-def test_clusters_beyond_the_data_fail_in_one_line(run_cli, assert_one_line_error, tmp_path):
+def test_clusters_beyond_the_data_fail_in_one_line(
+    run_cli, assert_one_line_error, make_mnist_folder, tmp_path
+):
+    make_mnist_folder(tmp_path / "data")  # 64 training images, no download
     config = tmp_path / "c.json"
-    config.write_text('{"clusters": 100000}')
+    config.write_text('{"clusters": 100, "batch_size": 16}')
     code, _, err = run_cli(
-        "train", "ddpm", "--config", config, "--out", tmp_path / "run", "--epochs", 1
-    )
+        "train", "ddpm", "--config", config, "--out", tmp_path / "run", "--epochs", 1,
+        "--data-dir", tmp_path / "data",
+    )  # fmt: skip
     assert code == 1
-    assert_one_line_error(err, "clusters (100000) cannot exceed the number of training images")
+    assert_one_line_error(err, "clusters (100) cannot exceed the number of training images")
 
 
 def test_damaged_evaluator_folders_are_named(tmp_path):

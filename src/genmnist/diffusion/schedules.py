@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from genmnist.errors import ConfigError
 from genmnist.registry import Registry
 
 #: Schedule factories by name: ``fn(timesteps) -> NoiseSchedule``.
@@ -38,7 +39,13 @@ class NoiseSchedule:
 
     @classmethod
     def from_betas(cls, name: str, betas: torch.Tensor) -> NoiseSchedule:
-        """Build a schedule from ``β_t``; ``ᾱ`` follows."""
+        """Build a schedule from ``β_t``; ``ᾱ`` follows.
+
+        Raises:
+            ConfigError: fewer than two steps.
+        """
+        if betas.ndim != 1 or betas.shape[0] < 2:
+            raise ConfigError("a noise schedule needs at least 2 timesteps")
         betas = betas.double()
         return cls(name, betas, torch.cumprod(1.0 - betas, dim=0))
 
@@ -75,6 +82,11 @@ class NoiseSchedule:
         return padded[t + 1]
 
 
+def _check_timesteps(timesteps: int) -> None:
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 2:
+        raise ConfigError(f"timesteps must be an integer >= 2, got {timesteps!r}")
+
+
 def _betas_from_alphas_cumprod(alpha_bar, timesteps: int, max_beta: float = 0.999):
     """``β_t = 1 - ᾱ(t+1)/ᾱ(t)`` for a continuous ``ᾱ`` on ``[0, 1]``, clipped at ``max_beta``."""
     t = torch.arange(timesteps + 1, dtype=torch.float64, device="cpu") / timesteps
@@ -85,9 +97,11 @@ def _betas_from_alphas_cumprod(alpha_bar, timesteps: int, max_beta: float = 0.99
 @SCHEDULES.register("linear")
 def linear_schedule(timesteps: int = 1000) -> NoiseSchedule:
     """Ho et al. (2020): ``β`` linear from 1e-4 to 0.02 for ``T = 1000``, scaled by
-    ``1000 / T`` for other ``T`` (as in Nichol & Dhariwal, 2021)."""
+    ``1000 / T`` for other ``T`` (as in Nichol & Dhariwal, 2021), clipped at 0.999."""
+    _check_timesteps(timesteps)
     scale = 1000 / timesteps
     betas = torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64, device="cpu")
+    betas = betas.clamp(max=0.999)  # under 20 steps the scaled betas would pass 1
     return NoiseSchedule.from_betas("linear", betas)
 
 
@@ -95,6 +109,7 @@ def linear_schedule(timesteps: int = 1000) -> NoiseSchedule:
 def cosine_schedule(timesteps: int = 1000, s: float = 0.008) -> NoiseSchedule:
     """Nichol & Dhariwal (2021): ``ᾱ(t) = f(t)/f(0)``, ``f(t) = cos²((t + s)/(1 + s) · π/2)``,
     ``β`` clipped at 0.999."""
+    _check_timesteps(timesteps)
 
     def alpha_bar(t):
         f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
@@ -110,6 +125,7 @@ def sigmoid_schedule(
     """Sigmoid schedule (Jabri et al., 2022; Chen, 2023):
     ``ᾱ(t) ∝ sigmoid(end/τ) - sigmoid((t(end - start) + start)/τ)``, normalised to
     ``ᾱ(0) = 1``, ``β`` clipped at 0.999."""
+    _check_timesteps(timesteps)
     v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64, device="cpu"))
     v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64, device="cpu"))
 

@@ -10,6 +10,7 @@ Autoguidance is `genmnist.models.autoguided`, guidance distillation a training t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,10 +27,11 @@ from genmnist.diffusion import (
     spaced_timesteps,
 )
 from genmnist.diffusion.samplers import check_spacing
-from genmnist.errors import CheckpointError
+from genmnist.errors import CheckpointError, ConfigError
 from genmnist.losses import DIFFUSION_WEIGHTINGS, diffusion_mse
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.models.guided import LabelGuidance
+from genmnist.nn.layers import check_count
 from genmnist.nn.unet import UNet
 from genmnist.registry import MODELS
 
@@ -115,6 +117,13 @@ class DDPM(LabelGuidance, GenerativeModel):
         super().__init__(config, **overrides)
         cfg = self.config
         self.schedule = SCHEDULES.create(cfg.schedule, timesteps=cfg.timesteps)
+        check_count("sampling_steps", cfg.sampling_steps)
+        if cfg.sampling_steps > cfg.timesteps:
+            raise ConfigError(
+                f"sampling_steps ({cfg.sampling_steps}) cannot exceed timesteps ({cfg.timesteps})"
+            )
+        if not (math.isfinite(cfg.min_snr_gamma) and cfg.min_snr_gamma > 0):
+            raise ConfigError(f"min_snr_gamma must be a positive number, got {cfg.min_snr_gamma}")
         self.objective = OBJECTIVES.get(cfg.objective)
         self.weighting = DIFFUSION_WEIGHTINGS.get(cfg.loss_weighting)
         SAMPLERS.get(cfg.sampler)  # fail early on an unknown default sampler

@@ -36,6 +36,7 @@ from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.nn import DECODERS, DISCRIMINATORS
 from genmnist.nn.augment import augment_pipeline
 from genmnist.nn.discriminators import initialise
+from genmnist.nn.layers import check_count, check_widths
 from genmnist.nn.modes import evaluating
 from genmnist.registry import MODELS
 
@@ -157,9 +158,15 @@ class GAN(ConditionedModel, GenerativeModel):
             raise ConfigError("penalty_every must be >= 1")
         if cfg.metrics_samples < 0:
             raise ConfigError("metrics_samples must be >= 0")
+        check_widths("g_hidden_dims", cfg.g_hidden_dims, allow_empty=True)
+        check_widths("d_hidden_dims", cfg.d_hidden_dims, allow_empty=True)
+        if cfg.d_lr is not None and not (math.isfinite(cfg.d_lr) and cfg.d_lr >= 0):
+            raise ConfigError(f"d_lr must be a number >= 0 or null, got {cfg.d_lr}")
         self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters)
         self.augment = augment_pipeline(tuple(cfg.d_augment))
         num_labels = self.conditioning.num_labels
+        if num_labels:  # a zero-width label embedding would silently ignore the labels
+            check_count("embed_dim", cfg.embed_dim)
         cond = cfg.embed_dim if num_labels else 0
         self.label_embedding = nn.Embedding(num_labels, cfg.embed_dim) if cond else None
         self.generator = DECODERS.create(

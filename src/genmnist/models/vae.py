@@ -23,6 +23,7 @@ from genmnist.errors import ConfigError
 from genmnist.losses import RECONSTRUCTION_LOSSES, gaussian_kl, kl_weight
 from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.nn import DECODERS, ENCODERS
+from genmnist.nn.layers import check_count
 from genmnist.nn.modes import evaluating
 from genmnist.nn.priors import PRIORS
 from genmnist.registry import MODELS
@@ -102,6 +103,9 @@ class VAE(GenerativeModel):
         cfg = self.config
         if cfg.latent_dim <= 0:
             raise ConfigError("latent_dim must be positive")
+        if not (math.isfinite(cfg.beta) and cfg.beta >= 0):
+            raise ConfigError(f"beta must be a number >= 0, got {cfg.beta}")
+        check_count("kl_warmup_steps", cfg.kl_warmup_steps, minimum=0)
         check_temperature(cfg.temperature)
         RECONSTRUCTION_LOSSES.get(cfg.reconstruction)  # fail early on an unknown name
         shared = dict(

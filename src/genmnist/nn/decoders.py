@@ -10,7 +10,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from genmnist.nn.layers import ACTIVATIONS, NORMS, downsampled_sizes, mlp
+from genmnist.nn.layers import ACTIVATIONS, NORMS, check_widths, downsampled_sizes, mlp
 from genmnist.registry import Registry
 
 #: Decoder / generator classes by name (``mlp``, ``conv``).
@@ -76,6 +76,8 @@ class ConvDecoder(nn.Module):
         image_shape: tuple[int, int, int] = (1, 28, 28),
     ) -> None:
         super().__init__()
+        hidden_dims = check_widths("hidden_dims", hidden_dims)
+        check_widths("in_features", (in_features,))
         out_channels, size, _ = image_shape
         sizes = downsampled_sizes(size, len(hidden_dims))[::-1]  # e.g. 4, 7, 14, 28
         widths = tuple(reversed(hidden_dims))

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from genmnist.errors import ConfigError
-from genmnist.nn.layers import ACTIVATIONS, NORMS, MinibatchStd
+from genmnist.nn.layers import ACTIVATIONS, NORMS, MinibatchStd, check_rate, check_widths
 from genmnist.registry import Registry
 
 #: Discriminator classes by name (``mlp``, ``conv``).
@@ -137,6 +137,8 @@ class MLPDiscriminator(_Discriminator):
         super().__init__()
         if not hidden_dims:
             raise ConfigError("an MLP discriminator needs at least one hidden layer")
+        hidden_dims = check_widths("hidden_dims", hidden_dims)
+        check_rate("dropout", dropout)
         c, h, w = image_shape
         extra = self._setup_conditioning(
             num_classes, conditioning, c * h * w, hidden_dims[-1] + int(minibatch_std)
@@ -202,6 +204,8 @@ class ConvDiscriminator(_Discriminator):
         super().__init__()
         if not hidden_dims:
             raise ConfigError("a conv discriminator needs at least one convolution")
+        hidden_dims = check_widths("hidden_dims", hidden_dims)
+        check_rate("dropout", dropout)
         channels, size, _ = image_shape
         self.image_shape = tuple(image_shape)
         final = size

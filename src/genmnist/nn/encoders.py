@@ -11,7 +11,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from genmnist.nn.layers import ACTIVATIONS, NORMS, downsampled_sizes, mlp
+from genmnist.nn.layers import ACTIVATIONS, NORMS, check_widths, downsampled_sizes, mlp
 from genmnist.registry import Registry
 
 #: Encoder classes by name (``mlp``, ``conv``).
@@ -76,6 +76,8 @@ class ConvEncoder(nn.Module):
         image_shape: tuple[int, int, int] = (1, 28, 28),
     ) -> None:
         super().__init__()
+        hidden_dims = check_widths("hidden_dims", hidden_dims)
+        check_widths("out_features", (out_features,))
         channels, size, _ = image_shape
         layers: list[nn.Module] = []
         for i, width in enumerate(hidden_dims):

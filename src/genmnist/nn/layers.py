@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
+from genmnist.errors import ConfigError
 from genmnist.registry import Registry
 
 #: Activation modules by name; ``ACTIVATIONS.create("leaky_relu")`` builds one.
@@ -41,11 +46,49 @@ def no_norm(channels: int) -> nn.Module:
     return nn.Identity()
 
 
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_widths(what: str, widths: Sequence[int], allow_empty: bool = False) -> tuple[int, ...]:
+    """``widths`` as a tuple, or `ConfigError` unless they are positive integers (and, unless
+    ``allow_empty``, at least one): layer widths and channel counts of a network."""
+    if not isinstance(widths, Sequence) or isinstance(widths, str):
+        raise ConfigError(f"{what} must be a list of positive integers, got {widths!r}")
+    widths = tuple(widths)
+    if not widths and not allow_empty:
+        raise ConfigError(f"{what} needs at least one width, got []")
+    if not all(_is_whole(w) and w >= 1 for w in widths):
+        raise ConfigError(f"{what} must be positive integers, got {list(widths)}"[:300])
+    return widths
+
+
+def check_count(what: str, value: Any, minimum: int = 1) -> int:
+    """``value``, or `ConfigError` unless it is an integer ``>= minimum``."""
+    if not (_is_whole(value) and value >= minimum):
+        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_rate(what: str, value: Any) -> float:
+    """``value``, or `ConfigError` unless it is a number in ``[0, 1)`` (a dropout rate)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and 0 <= value < 1):
+        raise ConfigError(f"{what} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 def mlp(
     in_features: int, hidden_dims: tuple[int, ...], out_features: int, activation: str = "relu"
 ) -> nn.Sequential:
     """Fully connected layers ``in -> hidden... -> out`` with ``activation`` between them
-    (none after the last)."""
+    (none after the last).
+
+    Raises:
+        ConfigError: a width is not a positive integer.
+    """
+    check_widths("the input and output sizes", (in_features, out_features))
+    hidden_dims = check_widths("hidden_dims", hidden_dims, allow_empty=True)
     layers: list[nn.Module] = []
     width = in_features
     for hidden in hidden_dims:

@@ -15,15 +15,18 @@ from einops import rearrange
 from torch import nn
 
 from genmnist.errors import ConfigError
-from genmnist.nn.layers import group_norm
+from genmnist.nn.layers import check_count, check_rate, check_widths, group_norm
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0):
     """Transformer-style sinusoidal features ``(b, dim)`` of (possibly fractional) steps."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / max(half, 1))
     angles = t.float()[:, None] * freqs[None]
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
+    features = [angles.cos(), angles.sin()]
+    if dim % 2:  # an odd width: one constant feature keeps the size exact
+        features.append(torch.zeros_like(t, dtype=torch.float32)[:, None])
+    return torch.cat(features, dim=1)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -94,6 +97,11 @@ class UNet(nn.Module):
         interval_embedding: Also embed a second time, the length of the step the network
             predicts over (MeanFlow's ``t - r``); its embedding starts at zero, so a
             network trained without one loads into it unchanged.
+        image_size: Height and width of the images; each level but the last halves
+            them exactly, so 28 pixels allow at most three levels (28, 14, 7).
+
+    Raises:
+        ConfigError: a width, count or level that cannot build a network.
     """
 
     def __init__(
@@ -106,9 +114,24 @@ class UNet(nn.Module):
         in_channels: int = 1,
         out_channels: int = 1,
         interval_embedding: bool = False,
+        image_size: int = 28,
     ) -> None:
         super().__init__()
-        channels = tuple(channels)
+        channels = check_widths("channels", channels)
+        check_count("blocks_per_level", blocks_per_level)
+        check_count("num_classes", num_classes, minimum=0)
+        check_rate("dropout", dropout)
+        if image_size % 2 ** (len(channels) - 1):
+            raise ConfigError(
+                f"{len(channels)} levels of channels halve {image_size} pixels "
+                f"{len(channels) - 1} times, which does not divide evenly; use fewer levels"
+            )
+        attention_levels = tuple(attention_levels)
+        if not all(isinstance(a, int) and 0 <= a < len(channels) for a in attention_levels):
+            raise ConfigError(
+                f"attention_levels must be level indices in 0..{len(channels) - 1}, "
+                f"got {list(attention_levels)}"
+            )
         base = channels[0]
         emb_dim = 4 * base
         self.base = base
