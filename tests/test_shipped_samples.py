@@ -44,6 +44,7 @@ REFERENCE = [
     ("mnist", "ddpm-cfg", {}, "dcb2c3fa88654fca"),
     ("mnist", "flow", {}, "e5a5376a21bf99cb"),
     ("mnist", "flow", {"sampler": "midpoint", "steps": 3, "guidance": 1.0}, "44c36b6b96817d0e"),
+    ("mnist", "flow-cfg", {}, "3e9768ff08bf4db9"),
     ("mnist", "reflow", {}, "21bdc396d54ed7e9"),
     ("mnist", "reflow", {"steps": 1}, "be635c1f75783497"),
     ("fashion-mnist", "ddpm", {}, "3333c5b667f692a5"),
