@@ -3,8 +3,9 @@
 Each digest was recorded from the shipped weights (one CPU thread, seed 0, six samples)
 before a restructuring of the models; a change of the shipped weights is the only reason
 to record new ones (as for ``cvae`` and the new ``vae-gmm``, retrained with a mixture
-prior and later for twice as long, and ``dcgan`` and ``cgan`` retrained with a minibatch-std discriminator beside
-the new ``gan-sc``), or a fix of a sampler (``heun``'s first step on a cosine schedule).
+prior and later for twice as long, and ``dcgan`` and ``cgan`` retrained with a
+minibatch-std discriminator beside the new ``gan-sc``), or a fix of a sampler (``heun``'s
+first step on a cosine schedule).
 New shipped models add theirs; a change of a model's sampling defaults keeps the old
 digest under the old settings spelled out and adds one for the new defaults.
 """
