@@ -272,6 +272,13 @@ def without_weights() -> list[str]:
     ]
 
 
+def _sweep_format(key: str) -> str:
+    """How a sweep table shows a metric: shares as percentages, call counts as counted."""
+    if key.endswith("accuracy") or key == "acceptability":
+        return ".1%"
+    return "g" if key == "network_calls" else ".2f"
+
+
 def render_card(card: dict[str, Any], model: Any) -> list[str]:
     name, dataset = card["model"], card["dataset"]
     flag = "" if dataset == "mnist" else f" --dataset {dataset}"
@@ -361,16 +368,7 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
         out.append(f"| {option} | " + " | ".join(titles[k] for k in keys) + " |")
         out.append("|---" * (len(keys) + 1) + "|")
         for row in sweep["rows"]:
-            cells = [
-                ""
-                if k not in row
-                else format(row[k], ".1%")
-                if k.endswith("accuracy") or k == "acceptability"
-                else format(row[k], "g")
-                if k == "network_calls"
-                else format(row[k], ".2f")
-                for k in keys
-            ]
+            cells = ["" if k not in row else format(row[k], _sweep_format(k)) for k in keys]
             out.append(f"| {row[option]} | " + " | ".join(cells) + " |")
     if card.get("notes"):
         out += ["", card["notes"]]

@@ -38,7 +38,7 @@ this script when a model was added.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -215,22 +215,29 @@ TRADEOFF_OPTIONS = ("guidance", "temperature")
 TRADEOFF_N = 2000
 
 
+def card_sweeps(dataset: str) -> Iterator[tuple[str, dict]]:
+    """``(model, sweep)`` for every sweep of `TRADEOFF_N` samples on the shipped cards of
+    ``dataset``."""
+    for name in shipped_models().get(dataset, []):
+        for sweep in read_card(dataset, name).get("sweeps", []):
+            if sweep["n"] == TRADEOFF_N:
+                yield name, sweep
+
+
 def tradeoff_sweeps(dataset: str) -> dict[str, list[tuple[float, float, float]]]:
     """``{label: [(value, recall, acceptability), ...]}`` for every numeric guidance or
-    temperature sweep of `TRADEOFF_N` samples on the shipped cards of ``dataset``."""
+    temperature sweep of `card_sweeps`."""
     sweeps = {}
-    for name in shipped_models().get(dataset, []):
-        card = read_card(dataset, name)
-        for sweep in card.get("sweeps", []):
-            option, rows = sweep["option"], sweep["rows"]
-            numeric = all(isinstance(row[option], int | float) for row in rows)
-            if option not in TRADEOFF_OPTIONS or sweep["n"] != TRADEOFF_N or not numeric:
-                continue
-            label = f"{name}, {option}"
-            if "checkpoint" in sweep:
-                label = f"{name}'s guided teacher, {option}"
-            points = [(r[option], r["recall"], r["acceptability"]) for r in rows]
-            sweeps[label] = sorted(points)
+    for name, sweep in card_sweeps(dataset):
+        option, rows = sweep["option"], sweep["rows"]
+        numeric = all(isinstance(row[option], int | float) for row in rows)
+        if option not in TRADEOFF_OPTIONS or not numeric:
+            continue
+        label = f"{name}, {option}"
+        if "checkpoint" in sweep:
+            label = f"{name}'s guided teacher, {option}"
+        points = [(r[option], r["recall"], r["acceptability"]) for r in rows]
+        sweeps[label] = sorted(points)
     return sweeps
 
 
@@ -260,16 +267,15 @@ def tradeoff(dataset: str, out: Path) -> Path | None:
 
 
 def steps_sweeps(dataset: str) -> dict[str, list[dict[str, float]]]:
-    """``{model: rows}`` of every ``steps`` sweep of `TRADEOFF_N` samples on the shipped
-    cards of ``dataset`` whose rows carry ``network_calls``, sorted by calls."""
+    """``{model: rows}`` of every ``steps`` sweep of `card_sweeps` (of the model itself,
+    not a teacher) whose rows carry ``network_calls``, sorted by calls."""
     sweeps = {}
-    for name in shipped_models().get(dataset, []):
-        for sweep in read_card(dataset, name).get("sweeps", []):
-            if sweep["option"] != "steps" or sweep["n"] != TRADEOFF_N or "checkpoint" in sweep:
-                continue
-            rows = [row for row in sweep["rows"] if "network_calls" in row]
-            if rows:
-                sweeps[name] = sorted(rows, key=lambda row: row["network_calls"])
+    for name, sweep in card_sweeps(dataset):
+        if sweep["option"] != "steps" or "checkpoint" in sweep:
+            continue
+        rows = [row for row in sweep["rows"] if "network_calls" in row]
+        if rows:
+            sweeps[name] = sorted(rows, key=lambda row: row["network_calls"])
     return sweeps
 
 

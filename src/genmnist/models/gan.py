@@ -190,8 +190,8 @@ class GAN(ConditionedModel, GenerativeModel):
             minibatch_std=cfg.minibatch_std,
         )
         initialise(self.generator, cfg.init)  # the discriminator initialises itself
-        # Fixed real training images the monitor compares samples with (set by
-        # prepare_training; not saved), and their own recall and diversity as the levels.
+        # Fixed real training images the monitor compares samples with, and their own
+        # recall as the level (set by prepare_training; not saved).
         self._monitor_reference: MonitorReference | None = None
         # Fakes of the current step's discriminator phase, reused by its generator phase
         # (as in PyTorch's DCGAN example): saves one generator forward pass per step.
@@ -404,7 +404,7 @@ class MonitorReference:
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(MONITOR_SEED))
         real, _ = data.batch(order[:n])
         other, _ = data.batch(order[n : 2 * n])
-        real, other = real.flatten(1).float().cpu(), other.flatten(1).float().cpu()
+        real, other = real.flatten(1).cpu(), other.flatten(1).cpu()
         radii = kth_neighbour_radii(real, MONITOR_NEIGHBOURS)
         _, real_recall = precision_recall(real, other, MONITOR_NEIGHBOURS, real_radii=radii)
         return cls(real, radii, real_recall)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ from torch import nn
 
 from genmnist.errors import ConfigError
 from genmnist.registry import Registry
+from genmnist.values import is_number
 
 #: Activation modules by name; ``ACTIVATIONS.create("leaky_relu")`` builds one.
 ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation")
@@ -46,10 +46,6 @@ def no_norm(channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def _is_whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_widths(what: str, widths: Sequence[int], allow_empty: bool = False) -> tuple[int, ...]:
     """``widths`` as a tuple, or `ConfigError` unless they are positive integers (and, unless
     ``allow_empty``, at least one): layer widths and channel counts of a network."""
@@ -58,22 +54,21 @@ def check_widths(what: str, widths: Sequence[int], allow_empty: bool = False) ->
     widths = tuple(widths)
     if not widths and not allow_empty:
         raise ConfigError(f"{what} needs at least one width, got []")
-    if not all(_is_whole(w) and w >= 1 for w in widths):
+    if not all(is_number(w, whole=True) and w >= 1 for w in widths):
         raise ConfigError(f"{what} must be positive integers, got {list(widths)}"[:300])
     return widths
 
 
 def check_count(what: str, value: Any, minimum: int = 1) -> int:
     """``value``, or `ConfigError` unless it is an integer ``>= minimum``."""
-    if not (_is_whole(value) and value >= minimum):
+    if not (is_number(value, whole=True) and value >= minimum):
         raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
 def check_rate(what: str, value: Any) -> float:
     """``value``, or `ConfigError` unless it is a number in ``[0, 1)`` (a dropout rate)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not (number and math.isfinite(value) and 0 <= value < 1):
+    if not (is_number(value) and 0 <= value < 1):
         raise ConfigError(f"{what} must be a number in [0, 1), got {value!r}")
     return float(value)
 

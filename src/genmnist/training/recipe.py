@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from genmnist.errors import ConfigError
 from genmnist.models.base import GenerativeModel
+from genmnist.values import is_number
 
 PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def is_number(value: Any, whole: bool = False) -> bool:
-    """An int (not a bool) or, unless ``whole``, a finite float."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    return not whole and isinstance(value, float) and math.isfinite(value)
 
 
 def check_recipe(cfg: Any) -> None:
