@@ -28,9 +28,6 @@ the distillation's own:
     python recipes/export.py runs/fashion-mnist/ddpm-distill --dataset fashion-mnist --fp32 \
         --teacher runs/fashion-mnist/ddpm --guide runs/fashion-mnist/ddpm-guide
     python recipes/export.py runs/mnist/reflow --teacher runs/mnist/flow
-
-A teacher folder holding only a copy of the shipped weights (``config.json`` and
-``model.safetensors``, no checkpoint) keeps the training record the card already has.
 """
 
 from __future__ import annotations
@@ -85,19 +82,6 @@ def training_record(
         "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, "
         f"torch {torch.__version__.split('+')[0]}",
     }
-
-
-def main_record(
-    run: Path, dataset: str, name: str, recipe: Path | None, shipped: dict | None
-) -> dict:
-    """The main run's training record, or, for a teacher that is a copy of shipped weights
-    (its run folder, with the log and checkpoint, is not on this machine), the record the
-    shipped card already holds for that model."""
-    if read_header(run) is None and shipped is not None:
-        if shipped.get("command", "").startswith(f"genmnist train {name} "):
-            print(f"{run}: no training checkpoint; keeping the card's record of {name}")
-            return {k: v for k, v in shipped.items() if k not in ("distillation", "guide")}
-    return training_record(run, dataset, name, recipe)
 
 
 def main() -> None:
@@ -181,12 +165,11 @@ def main() -> None:
         model=model.name,
         dataset=args.dataset,
         weights={"dtype": storage, "parameters": model.num_parameters()},
-        training=main_record(
+        training=training_record(
             args.teacher if distilled else args.run,
             args.dataset,
             teacher_name,
             recipe.resolve() if recipe.is_file() else None,
-            card.get("training"),
         ),
     )
     if distilled:
