@@ -49,8 +49,25 @@ def test_mixture_draws_are_per_sample_and_the_fit_is_deterministic():
     assert torch.equal(a.sample(SampleNoise(range(4))), many[:4])
     with pytest.raises(ConfigError, match="components"):
         GaussianMixture(2, 0)
-    with pytest.raises(ConfigError, match="at least as many codes"):
-        GaussianMixture(2, 50).fit(codes[:10])
+    with pytest.raises(ConfigError, match="at least one code"):
+        GaussianMixture(2, 50).fit(codes[:0])
+
+
+def test_a_mixture_with_more_components_than_codes_draws_only_fitted_ones():
+    codes, _, _ = _three_blobs()
+    few = codes[:6]
+    prior = GaussianMixture(2, components=50)
+    prior.fit(few)
+    assert (prior.weights > 0).sum() == 6 and prior.weights.sum().item() == pytest.approx(1)
+    drawn = prior.sample(SampleNoise(range(500)), temperature=0.0)
+    # at temperature 0 every draw is a fitted component's mean, next to a code (the
+    # unused components, at the origin, lie at least 3 away from every code)
+    nearest = torch.cdist(drawn, few).min(1).values
+    assert nearest.max() < 0.1
+    assert torch.isfinite(prior.log_prob(few)).all()
+    per_class = GaussianMixture(2, components=50, classes=2)
+    per_class.fit(few, torch.tensor([0, 0, 1, 1, 1, 1]))
+    assert (per_class.weights > 0).sum(1).tolist() == [2, 4]
 
 
 def test_the_standard_prior_draws_what_vaes_always_drew():
@@ -156,3 +173,21 @@ def test_version_1_vae_configs_keep_their_standard_prior(tmp_path):
     (folder / "config.json").write_text(json.dumps(record))
     loaded = load(folder)
     assert loaded.config.prior == "standard" and isinstance(loaded.prior, StandardNormal)
+
+
+def test_a_per_class_prior_refuses_a_training_set_without_some_class(tmp_path, tiny_dataset):
+    from genmnist.data import InMemoryDataset
+
+    keep = tiny_dataset.labels != 3
+    data = InMemoryDataset(tiny_dataset.images[keep], tiny_dataset.labels[keep], "mnist", "train")
+    model = create_model("cvae", hidden_dims=(4, 8), latent_dim=3, prior_components=5)
+    options = TrainOptions(out=tmp_path / "run", max_steps=4, progress=False, device="cpu")
+    with pytest.raises(ConfigError, match="no images of class 3"):
+        Trainer(model, options, dataset=data, log=lambda line: None).fit()
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()  # refused before a step
+    # with every class present, even a class with fewer images than components trains
+    model = create_model("cvae", hidden_dims=(4, 8), latent_dim=3, prior_components=100)
+    Trainer(model, options, dataset=tiny_dataset, log=lambda line: None).fit()
+    per_class = (model.prior.weights > 0).sum(1)
+    counts = torch.bincount(tiny_dataset.labels, minlength=10)
+    assert per_class.tolist() == counts.clamp(max=100).tolist()

@@ -238,6 +238,18 @@ class VAE(GenerativeModel):
             codes.append(self.encode(images.to(self.device), labels)[0].float().cpu())
         return torch.cat(codes)
 
+    def prepare_training(self, data: InMemoryDataset, resume: bool) -> None:
+        """Refuse, before any step, a training set that the prior cannot be fitted to when
+        training ends: a per-class prior needs images of every class."""
+        if self.prior.fitted_from_data and self.conditional:
+            counts = torch.bincount(data.labels.long().cpu(), minlength=self.config.num_classes)
+            missing = (counts[: self.config.num_classes] == 0).nonzero().flatten().tolist()
+            if missing:
+                raise ConfigError(
+                    f"the {self.config.prior} prior is fitted per class, but the training set "
+                    f"has no images of class {', '.join(map(str, missing))}"
+                )
+
     def finish_training(self, data: InMemoryDataset) -> None:
         """Fit a prior that learns from data (``gmm``) to the training images' codes."""
         if self.prior.fitted_from_data:

@@ -169,12 +169,21 @@ class GaussianMixture(LatentPrior):
 
 def _fit_mixture(codes: torch.Tensor, components: int, iterations: int, seed: int):
     """EM for a diagonal Gaussian mixture on float64 ``codes``: ``(means, variances,
-    weights)``."""
+    weights)``. Fewer codes than ``components`` fit one component per code at most; the
+    rest get weight 0 (never drawn), so a small training set still makes a usable prior."""
     from genmnist.clustering import kmeans
 
     n = codes.shape[0]
+    if n == 0:
+        raise ConfigError("a Gaussian-mixture prior needs at least one code to fit")
     if n < components:
-        raise ConfigError(f"a {components}-component prior needs at least as many codes, got {n}")
+        means, variances, weights = _fit_mixture(codes, n, iterations, seed)
+        unused = components - n
+        return (
+            torch.cat([means, means.new_zeros(unused, means.shape[1])]),
+            torch.cat([variances, variances.new_ones(unused, variances.shape[1])]),
+            torch.cat([weights, weights.new_zeros(unused)]),
+        )
     centers, _ = kmeans(codes.float(), components, seed=seed)
     means = centers.double()
     floor = 1e-3 * codes.var(0).clamp(min=1e-12)
