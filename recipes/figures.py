@@ -249,6 +249,8 @@ def tradeoff(dataset: str, out: Path) -> Path | None:
     sweeps = tradeoff_sweeps(dataset)
     if not sweeps or not has_matplotlib():
         return None
+    from matplotlib.ticker import PercentFormatter  # decimals follow the axis range
+
     fig = matplotlib_figure(7.5, 5.0)
     ax = fig.add_subplot()
     for label, points in sweeps.items():
@@ -259,7 +261,7 @@ def tradeoff(dataset: str, out: Path) -> Path | None:
                         fontsize=7)  # fmt: skip
     ax.set_xlabel(f"recall (diversity), {TRADEOFF_N:,} samples")
     ax.set_ylabel("acceptability (fidelity)")
-    ax.yaxis.set_major_formatter(lambda y, _: f"{y:.0%}")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_title(f"Fidelity against diversity: {DATASET_TITLES.get(dataset, dataset)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
@@ -287,6 +289,8 @@ def steps_figure(dataset: str, out: Path) -> Path | None:
     sweeps = steps_sweeps(dataset)
     if not sweeps or not has_matplotlib():
         return None
+    from matplotlib.ticker import PercentFormatter  # decimals follow the axis range
+
     fig = matplotlib_figure(12.0, 4.0)
     panels = (("fid", "FID (log scale)"), ("acceptability", "acceptability"),
               ("recall", "recall"))  # fmt: skip
@@ -303,7 +307,7 @@ def steps_figure(dataset: str, out: Path) -> Path | None:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(lambda y, _: f"{y:g}")
         elif key == "acceptability":
-            ax.yaxis.set_major_formatter(lambda y, _: f"{y:.0%}")
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_xlabel("U-Net calls per image")
         ax.set_title(title)
         ax.grid(alpha=0.3)

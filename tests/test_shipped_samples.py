@@ -3,9 +3,9 @@
 Each digest was recorded from the shipped weights (one CPU thread, seed 0, six samples)
 before a restructuring of the models; a change of the shipped weights is the only reason
 to record new ones (as for ``cvae`` and the new ``vae-gmm``, retrained with a mixture
-prior and later for twice as long, ``cvae`` again with ten times the mixture components, and ``dcgan`` and ``cgan`` retrained with a
-minibatch-std discriminator beside the new ``gan-sc``), or a fix of a sampler (``heun``'s
-first step on a cosine schedule).
+prior and later for twice as long, ``cvae`` again with ten times the mixture components,
+and ``dcgan`` and ``cgan`` retrained with a minibatch-std discriminator beside the new
+``gan-sc``), or a fix of a sampler (``heun``'s first step on a cosine schedule).
 New shipped models add theirs; a change of a model's sampling defaults keeps the old
 digest under the old settings spelled out and adds one for the new defaults.
 """
@@ -50,6 +50,7 @@ REFERENCE = [
     ("mnist", "reflow", {"steps": 1}, "be635c1f75783497"),
     ("fashion-mnist", "ddpm", {}, "3333c5b667f692a5"),
     ("fashion-mnist", "flow", {}, "ce4ee85d03a56347"),
+    ("fashion-mnist", "flow-cfg", {}, "04ad0d2625fe363f"),
     ("fashion-mnist", "vae-conv", {}, "4e222d186bf2bc1c"),
     ("fashion-mnist", "vae-gmm", {}, "066ab7a330185723"),
 ]
