@@ -143,7 +143,7 @@ def test_pickers_include_plugins_with_their_own_weights(
     [
         ("vae-conv", False, False, False, True),
         ("cvae", True, False, False, True),
-        ("cgan", True, False, False, False),
+        ("cgan", True, False, False, True),
         ("ddpm", False, True, False, False),  # guidance distilled into it: takes none
         ("ddpm-cfg", True, True, True, False),
     ],

@@ -47,10 +47,11 @@ def run_torchscript(path, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
 RUNNERS = {"onnx": run_onnx, "torchscript": run_torchscript}
 
 
-def gan_feeds(model, n: int, seed: int):
-    """The noise `GAN.generate` draws for ``model.sample(n, seed=seed)``, and its labels."""
+def gan_feeds(model, n: int, seed: int, temperature: float = 1.0):
+    """The noise `GAN.generate` draws for ``model.sample(n, seed=seed)`` at
+    ``temperature``, and its labels."""
     noise = SampleNoise(SampleNoise.sample_seeds(n, seed=seed))
-    feeds = {"z": noise.randn(model.config.latent_dim)}
+    feeds = {"z": noise.randn(model.config.latent_dim) * temperature}
     if model.conditional:
         feeds["labels"] = torch.arange(n) % model.config.num_classes
     return feeds
@@ -62,13 +63,15 @@ def test_exported_gan_generator_reproduces_sampling(tmp_path, fmt):
     if fmt == "onnx":
         require("onnx", "onnxscript", "onnxruntime")
     model = load("cgan")
+    model.config = model.config.replace(temperature=0.8)  # its sampling default
     path = export_model(model, tmp_path / f"cgan.{fmt}", fmt).path
-    feeds = gan_feeds(model, 5, seed=3)  # another batch size than the export's example
+    description = read_description(path)
+    # another batch size than the export's example, at the temperature the file names
+    feeds = gan_feeds(model, 5, seed=3, temperature=description["temperature"])
     got = RUNNERS[fmt](path, feeds)
     expected = model.sample(5, seed=3, precision="fp32")
     assert got.shape == (5, 1, 28, 28)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    description = read_description(path)
     assert description["model"] == "cgan"
     assert list(description["inputs"]) == ["z", "labels"]
     assert "[0, 1]" in description["output"]["images"]

@@ -423,6 +423,25 @@ def test_cli_samples_every_cgan_label(tmp_path, capsys):
     assert info.value.code != 0 and "cgan" in capsys.readouterr().err
 
 
+def test_cli_samples_a_gan_at_a_temperature(tmp_path, capsys):
+    from genmnist.cli import main
+
+    folder = tiny_gan("dcgan").save_pretrained(tmp_path / "dcgan")
+    out = tmp_path / "cool.pt"
+    with pytest.raises(SystemExit) as info:
+        main(["sample", "dcgan", "--checkpoint", str(folder), "-n", "3", "--temperature", "0.5"]
+             + ["-o", str(out), "--seed", "1"])  # fmt: skip
+    assert info.value.code == 0, capsys.readouterr().err
+    expected = load(folder).sample(3, seed=1, temperature=0.5)
+    assert torch.equal(torch.load(out), expected)
+    assert not torch.equal(expected, load(folder).sample(3, seed=1))
+    with pytest.raises(SystemExit) as info:
+        main(["sample", "dcgan", "--checkpoint", str(folder), "--temperature", "0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--temperature must be a positive number" in err and "Traceback" not in err
+
+
 def test_bf16_autocast_loss_is_close_to_fp32():
     model = tiny_gan("dcgan")
     images, labels = images_and_labels(8)

@@ -448,6 +448,27 @@ def test_vae_temperature_scales_the_prior_draws():
         create_model("vae-mlp", temperature=0.0)
 
 
+def test_gan_temperature_scales_the_noise():
+    model = create_model("cgan", latent_dim=3, g_hidden_dims=[4, 8], d_hidden_dims=[4, 8])
+    seen = []
+    generate_images = model.generate_images
+    model.generate_images = lambda z, labels=None: (
+        seen.append(z.clone()) or generate_images(z, labels)
+    )
+    plain = model.sample(4, seed=5, labels=[0, 1, 2, 3])
+    model.sample(4, seed=5, labels=[0, 1, 2, 3], temperature=0.5)
+    torch.testing.assert_close(seen[1], 0.5 * seen[0])
+    model.config = model.config.replace(temperature=0.5)
+    model.sample(4, seed=5, labels=[0, 1, 2, 3])
+    torch.testing.assert_close(seen[2], seen[1])
+    assert not torch.equal(model.sample(4, seed=5, labels=[0, 1, 2, 3]), plain)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ConfigError, match="temperature"):
+            model.sample(2, labels=[0, 1], temperature=bad)
+    with pytest.raises(ConfigError, match="temperature"):
+        create_model("dcgan", temperature=-0.5)
+
+
 def test_interpolate_latents_linear_and_slerp():
     start, end = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 3.0, 0.0])
     linear = interpolate_latents(start, end, 5, "linear")

@@ -89,7 +89,10 @@ GuidanceIntervalOption = Annotated[
 ]
 TemperatureOption = Annotated[
     float | None,
-    typer.Option(help="VAE prior temperature: below 1 gives cleaner, less diverse samples."),
+    typer.Option(
+        help="Spread of the latent draws (a VAE's prior, a GAN's noise): below 1 gives "
+        "cleaner, less diverse samples."
+    ),
 ]
 
 

@@ -25,7 +25,7 @@ from genmnist.models.base import GenerativeModel, ModelConfig, SampleNoise
 from genmnist.nn import DECODERS, ENCODERS
 from genmnist.nn.layers import check_count
 from genmnist.nn.modes import evaluating
-from genmnist.nn.priors import PRIORS
+from genmnist.nn.priors import PRIORS, check_temperature
 from genmnist.registry import MODELS
 
 if TYPE_CHECKING:
@@ -292,21 +292,6 @@ class DecoderNetwork(nn.Module):
 
 #: Largest sampling temperature accepted: useful ones are near 1, and far beyond this the
 #: decoder only sees latents it never saw in training (or overflows to NaN).
-MAX_TEMPERATURE = 100.0
-
-
-def check_temperature(temperature: float) -> None:
-    """Refuse a sampling temperature that is not a positive finite number of at most
-    `MAX_TEMPERATURE`."""
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ConfigError(f"temperature must be a positive number, got {temperature}")
-    if temperature > MAX_TEMPERATURE:
-        raise ConfigError(
-            f"temperature must be at most {MAX_TEMPERATURE:g} (useful ones are near 1), "
-            f"got {temperature:g}"
-        )
-
-
 def interpolate_latents(
     start: torch.Tensor, end: torch.Tensor, steps: int, method: str = "slerp"
 ) -> torch.Tensor:

@@ -34,6 +34,21 @@ if TYPE_CHECKING:
 #: Latent priors by name: ``cls(latent_dim, components, classes) -> LatentPrior``.
 PRIORS: Registry = Registry("latent prior")
 
+#: Largest sampling temperature (spread of the latent draws) a model accepts.
+MAX_TEMPERATURE = 100.0
+
+
+def check_temperature(temperature: float) -> None:
+    """Refuse a sampling temperature that is not a positive finite number of at most
+    `MAX_TEMPERATURE`."""
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ConfigError(f"temperature must be a positive number, got {temperature}")
+    if temperature > MAX_TEMPERATURE:
+        raise ConfigError(
+            f"temperature must be at most {MAX_TEMPERATURE:g} (useful ones are near 1), "
+            f"got {temperature:g}"
+        )
+
 
 class LatentPrior(nn.Module):
     """Base class: a distribution over ``latent_dim``-dimensional codes."""
