@@ -220,13 +220,9 @@ class GAN(ConditionedModel, GenerativeModel):
     def generate(
         self, noise: SampleNoise, labels: torch.Tensor | None, temperature: float | None = None
     ) -> torch.Tensor:
-        """Generate one batch from noise ``z = temperature * N(0, I)``.
-
-        Args:
-            noise: Per-sample noise source.
-            labels: Class labels (conditional models).
-            temperature: Scale of ``z`` (default: the config's).
-        """
+        """One batch of images in ``[0, 1]`` from the noise ``z = temperature * N(0, I)``
+        that ``noise`` draws for each sample (``temperature``: the config's unless given),
+        with ``labels`` for a conditional model."""
         temperature = self.config.temperature if temperature is None else temperature
         check_temperature(temperature)
         labels = self.conditioning.sampling_labels(noise, labels)
