@@ -251,7 +251,8 @@ def test_export_description_is_json_in_the_file(tmp_path):
     path = export_model(load("gan-mlp"), tmp_path / "g.pt", "torchscript").path
     description = read_description(path)
     assert json.loads(json.dumps(description)) == description
-    assert description["inputs"] == {"z": "float32 (batch, 64): noise drawn from N(0, I)"}
+    assert description["inputs"] == {"z": "float32 (batch, 64): noise z = temperature * N(0, I)"}
+    assert description["temperature"] == 1.0
 
 
 def test_exported_flow_velocity_network_samples_like_the_model(tmp_path):
