@@ -290,8 +290,6 @@ class DecoderNetwork(nn.Module):
         return torch.sigmoid(self.decoder(z, cond).float())
 
 
-#: Largest sampling temperature accepted: useful ones are near 1, and far beyond this the
-#: decoder only sees latents it never saw in training (or overflows to NaN).
 def interpolate_latents(
     start: torch.Tensor, end: torch.Tensor, steps: int, method: str = "slerp"
 ) -> torch.Tensor:

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 #: Latent priors by name: ``cls(latent_dim, components, classes) -> LatentPrior``.
 PRIORS: Registry = Registry("latent prior")
 
-#: Largest sampling temperature (spread of the latent draws) a model accepts.
+#: Largest sampling temperature (spread of the latent draws) accepted: useful ones are
+#: near 1, and far beyond this a decoder or generator only sees latents it never saw in
+#: training (or overflows to NaN).
 MAX_TEMPERATURE = 100.0
 
 
