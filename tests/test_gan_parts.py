@@ -8,6 +8,7 @@ import torch
 
 from genmnist.conditioning import ClusterConditioning, Unconditioned
 from genmnist.errors import ConfigError, RegistryError
+from genmnist.losses import r1_penalty
 from genmnist.models import GAN, create_model, load
 from genmnist.nn import ConvDiscriminator, MLPDiscriminator
 from genmnist.nn.augment import AUGMENTATIONS, augment_pipeline, cutout, translation
@@ -100,12 +101,37 @@ def test_augmentations_are_differentiable_and_the_pipeline_composes():
 def test_minibatch_std_appends_the_batch_spread():
     layer = MinibatchStd()
     x = torch.tensor([[0.0, 2.0], [2.0, 2.0]])  # per-feature std (biased): 1 and 0
-    assert torch.allclose(layer(x), torch.tensor([[0.0, 2.0, 0.5], [2.0, 2.0, 0.5]]))
+    expected = torch.tensor([[0.0, 2.0, 0.5], [2.0, 2.0, 0.5]])
+    assert torch.allclose(layer(x), expected, atol=1e-4)  # sqrt(var + 1e-8) for var 0: 1e-4
     maps = torch.randn(3, 4, 5, 5)
     out = layer(maps)
     assert out.shape == (3, 5, 5, 5)
     assert torch.allclose(out[:, 4], maps.std(0, unbiased=False).mean().expand(3, 5, 5))
     assert torch.equal(layer(maps[:1])[:, 4], torch.zeros(1, 5, 5))  # a lone image
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_minibatch_std_has_finite_second_order_gradients_where_features_agree(dtype):
+    # A feature that is the same for every image (blank background) has zero spread; the
+    # R1 penalty differentiates the input gradient once more, and must not get NaN there.
+    x = torch.randn(6, 3, 4, 4, dtype=dtype)
+    x[:, 0] = 0.5
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(MinibatchStd()(x).square().sum(), x, create_graph=True)
+    grad.float().square().sum().backward()
+    assert torch.isfinite(grad).all() and torch.isfinite(x.grad).all()
+
+
+def test_r1_penalty_trains_a_discriminator_with_minibatch_std():
+    torch.manual_seed(0)
+    d = ConvDiscriminator(hidden_dims=(4, 8), norm="none", minibatch_std=True)
+    images = digit_like(6).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = d(images)
+    penalty = r1_penalty(logits, images)
+    penalty.backward()
+    assert torch.isfinite(penalty) and penalty > 0
+    assert all(torch.isfinite(p.grad).all() for p in d.parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize("cls", [ConvDiscriminator, MLPDiscriminator])

@@ -101,6 +101,10 @@ def downsampled_sizes(size: int, levels: int) -> list[int]:
     return sizes
 
 
+#: Added to the variance before its square root in `MinibatchStd` (as in StyleGAN).
+SPREAD_EPS = 1e-8
+
+
 class MinibatchStd(nn.Module):
     """Minibatch standard deviation (Karras et al., 2018, "Progressive Growing of GANs"):
     appends one channel (or, for flat features ``(b, f)``, one feature) holding the
@@ -114,7 +118,11 @@ class MinibatchStd(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the batch's spread appended along dimension 1."""
         if x.shape[0] > 1:
-            spread = x.float().std(dim=0, unbiased=False).mean().to(x.dtype)
+            # sqrt(var + eps) rather than std: std's gradient is 0/0 where a feature is the
+            # same for the whole batch (background), which turns R1's second-order
+            # gradient into NaN.
+            variance = x.float().var(dim=0, unbiased=False)
+            spread = (variance + SPREAD_EPS).sqrt().mean().to(x.dtype)
         else:
             spread = x.new_zeros(())
         extra = spread.expand(x.shape[0], 1, *x.shape[2:])
