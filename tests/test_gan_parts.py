@@ -10,9 +10,9 @@ from genmnist.conditioning import ClusterConditioning, Unconditioned
 from genmnist.errors import ConfigError, RegistryError
 from genmnist.losses import r1_penalty
 from genmnist.models import GAN, create_model, load
-from genmnist.nn import ConvDiscriminator, MLPDiscriminator
+from genmnist.nn import DECODERS, NORMS, ConvDiscriminator, MLPDiscriminator
 from genmnist.nn.augment import AUGMENTATIONS, augment_pipeline, cutout, translation
-from genmnist.nn.layers import MinibatchStd
+from genmnist.nn.layers import BatchNorm, MinibatchStd
 from genmnist.training import Trainer, TrainOptions
 
 TINY = {
@@ -214,3 +214,33 @@ def test_old_gan_configs_load_with_the_old_behaviour(tmp_path):
     assert isinstance(loaded, GAN) and loaded.config.clusters == 0
     assert loaded.augment is None and loaded.config.minibatch_std is False
     assert torch.equal(loaded.sample(3, labels=2, seed=1), model.sample(3, labels=2, seed=1))
+
+
+# --------------------------------------------------------------------------- MLP generators
+def test_mlp_norm_decoder_normalises_each_hidden_layer_and_plain_mlp_does_not():
+    plain = DECODERS.create("mlp", in_features=4, hidden_dims=(8, 16), norm="batch")
+    normed = DECODERS.create("mlp-norm", in_features=4, hidden_dims=(8, 16), norm="batch")
+    grouped = DECODERS.create("mlp-norm", in_features=4, hidden_dims=(8,), norm="group")
+    # the plain decoder's layer numbering is what its saved weights were written with
+    assert [k for k in plain.state_dict() if k.endswith("weight")] == [
+        "net.0.weight", "net.2.weight", "net.4.weight"
+    ]  # fmt: skip
+    norms = [m for m in normed.net if isinstance(m, BatchNorm)]
+    assert [m.num_features for m in norms] == [8, 16]
+    assert isinstance(grouped.net[1], torch.nn.GroupNorm)
+    z = torch.randn(6, 4)
+    assert normed(z).shape == grouped(z).shape == plain(z).shape == (6, 1, 28, 28)
+    hidden = normed.net[:2](z)  # in training mode: standardised over the batch
+    assert torch.allclose(hidden.mean(0), torch.zeros(8), atol=1e-5)
+
+
+def test_batch_norm_takes_flat_and_map_inputs_and_loads_batchnorm2d_weights():
+    layer = NORMS.create("batch", channels=3)
+    assert layer(torch.randn(5, 3)).shape == (5, 3)
+    assert layer(torch.randn(5, 3, 4, 4)).shape == (5, 3, 4, 4)
+    with pytest.raises(ValueError, match="3-D"):
+        layer(torch.randn(5, 3, 4))
+    saved = torch.nn.BatchNorm2d(3)
+    saved.running_mean.fill_(0.5)
+    layer.load_state_dict(saved.state_dict())  # conv models saved before keep loading
+    assert torch.equal(layer.running_mean, torch.full((3,), 0.5))

@@ -56,14 +56,17 @@ class GANConfig(ModelConfig):
     """Architecture, objective and optimisation of a `GAN`.
 
     Attributes:
-        generator: Generator name in `genmnist.nn.DECODERS` (``mlp`` or ``conv``).
+        generator: Generator name in `genmnist.nn.DECODERS` (``mlp``, ``mlp-norm`` or
+            ``conv``).
         discriminator: Name in `genmnist.nn.DISCRIMINATORS` (``mlp`` or ``conv``).
         latent_dim: Size of the noise vector ``z ~ N(0, I)``.
         g_hidden_dims: Generator widths (MLP) or channels (conv, as for a VAE decoder).
         d_hidden_dims: Discriminator widths (MLP) or channels per convolution (conv).
         g_activation: Generator activation (e.g. ``relu`` or ``leaky_relu``).
         d_activation: Discriminator activation.
-        g_norm: Normalisation in the conv generator (``batch``, ``group``, ``none``).
+        g_norm: Normalisation in the generator (``batch``, ``group``, ``none``): after
+            each transposed convolution (``conv``) or hidden layer (``mlp-norm``); the
+            plain ``mlp`` generator has none.
         d_norm: Normalisation in the conv discriminator, after all but the first
             convolution (DCGAN's ``batch``; use ``none`` with spectral norm or a penalty).
         embed_dim: Size of the generator's learned label embedding, appended to ``z``

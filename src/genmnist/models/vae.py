@@ -50,11 +50,12 @@ class VAEConfig(ModelConfig):
 
     Attributes:
         encoder: Encoder name (``mlp`` or ``conv``).
-        decoder: Decoder name (``mlp`` or ``conv``).
+        decoder: Decoder name (``mlp``, ``mlp-norm`` or ``conv``).
         hidden_dims: MLP hidden widths, or conv channels per layer (the decoder mirrors them).
         latent_dim: Size of the latent space.
         activation: Activation of encoder and decoder.
-        norm: Normalisation in conv layers (``batch``, ``group``, ``none``).
+        norm: Normalisation in conv layers and in an ``mlp-norm`` decoder (``batch``,
+            ``group``, ``none``).
         reconstruction: Reconstruction loss name (``bce``, ``mse``, ``l1``).
         beta: Weight of the KL term (beta-VAE; 1 is the ELBO).
         kl_warmup_steps: Steps over which the KL weight rises from 0 to ``beta``.

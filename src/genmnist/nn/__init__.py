@@ -1,6 +1,6 @@
 """Reusable building blocks: encoders, decoders/generators and shared layers."""
 
-from genmnist.nn.decoders import DECODERS, ConvDecoder, MLPDecoder
+from genmnist.nn.decoders import DECODERS, ConvDecoder, MLPDecoder, NormMLPDecoder
 from genmnist.nn.discriminators import DISCRIMINATORS, ConvDiscriminator, MLPDiscriminator
 from genmnist.nn.encoders import ENCODERS, ConvEncoder, MLPEncoder
 from genmnist.nn.layers import ACTIVATIONS, NORMS, mlp
@@ -18,6 +18,7 @@ __all__ = [
     "MLPDecoder",
     "MLPDiscriminator",
     "MLPEncoder",
+    "NormMLPDecoder",
     "evaluating",
     "mlp",
 ]

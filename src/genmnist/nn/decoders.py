@@ -13,7 +13,7 @@ from torch import nn
 from genmnist.nn.layers import ACTIVATIONS, NORMS, check_widths, downsampled_sizes, mlp
 from genmnist.registry import Registry
 
-#: Decoder / generator classes by name (``mlp``, ``conv``).
+#: Decoder / generator classes by name (``mlp``, ``mlp-norm``, ``conv``).
 DECODERS: Registry[type[nn.Module]] = Registry("decoder")
 
 
@@ -26,9 +26,13 @@ class MLPDecoder(nn.Module):
         hidden_dims: Widths of the hidden layers, e.g. ``(1024,)``.
         cond_features: Size of the condition vector (0: unconditional).
         activation: Name in `genmnist.nn.layers.ACTIVATIONS`.
-        norm: Accepted so all decoders share one signature; MLPs use no normalisation.
+        norm: Accepted so all decoders share one signature; this decoder does not
+            normalise (`NormMLPDecoder` does).
         image_shape: ``(channels, height, width)`` of the output.
     """
+
+    #: Whether ``norm`` is applied after each hidden layer.
+    normalised = False
 
     def __init__(
         self,
@@ -42,13 +46,42 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.image_shape = tuple(image_shape)
         c, h, w = image_shape
-        self.net = mlp(in_features + cond_features, tuple(hidden_dims), c * h * w, activation)
+        self.net = mlp(
+            in_features + cond_features,
+            tuple(hidden_dims),
+            c * h * w,
+            activation,
+            norm=norm if self.normalised else "none",
+        )
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is not None:
             z = torch.cat([z, cond], dim=1)
         c, h, w = self.image_shape
         return rearrange(self.net(z), "b (c h w) -> b c h w", c=c, h=h, w=w)
+
+
+@DECODERS.register("mlp-norm")
+class NormMLPDecoder(MLPDecoder):
+    """`MLPDecoder` with a normalisation layer (``norm``, a name in
+    `genmnist.nn.layers.NORMS`) after each hidden layer, before its activation: the
+    BatchNorm of the classic MLP GAN generators, which lets an MLP generator keep its
+    variety (see the GAN page). Same arguments as `MLPDecoder`; ``norm`` defaults to
+    ``batch``.
+    """
+
+    normalised = True
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_dims: tuple[int, ...] = (1024,),
+        cond_features: int = 0,
+        activation: str = "relu",
+        norm: str = "batch",
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+    ) -> None:
+        super().__init__(in_features, hidden_dims, cond_features, activation, norm, image_shape)
 
 
 @DECODERS.register("conv")

@@ -23,14 +23,25 @@ ACTIVATIONS.register("sigmoid", nn.Sigmoid)
 ACTIVATIONS.register("none", nn.Identity)
 
 
-#: 2-D normalisation layers by name: ``NORMS.create("group", channels=64)``.
+#: Normalisation layers by name, for feature maps ``(b, c, h, w)`` and flat features
+#: ``(b, c)`` alike: ``NORMS.create("group", channels=64)``.
 NORMS: Registry = Registry("normalisation")
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """`torch.nn.BatchNorm2d` that also takes flat features ``(b, c)``, as
+    `torch.nn.BatchNorm1d` does, so one name serves convolutional and fully connected
+    layers (its weights are a BatchNorm2d's, so saved models load either way)."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() not in (2, 4):
+            raise ValueError(f"expected (b, c) or (b, c, h, w) input, got {input.dim()}-D")
 
 
 @NORMS.register("batch")
 def batch_norm(channels: int) -> nn.Module:
     """BatchNorm over ``channels``."""
-    return nn.BatchNorm2d(channels)
+    return BatchNorm(channels)
 
 
 @NORMS.register("group")
@@ -74,10 +85,15 @@ def check_rate(what: str, value: Any) -> float:
 
 
 def mlp(
-    in_features: int, hidden_dims: tuple[int, ...], out_features: int, activation: str = "relu"
+    in_features: int,
+    hidden_dims: tuple[int, ...],
+    out_features: int,
+    activation: str = "relu",
+    norm: str = "none",
 ) -> nn.Sequential:
     """Fully connected layers ``in -> hidden... -> out`` with ``activation`` between them
-    (none after the last).
+    (none after the last), each hidden layer normalised by ``norm`` (a name in `NORMS`)
+    before its activation.
 
     Raises:
         ConfigError: a width is not a positive integer.
@@ -87,7 +103,10 @@ def mlp(
     layers: list[nn.Module] = []
     width = in_features
     for hidden in hidden_dims:
-        layers += [nn.Linear(width, hidden), ACTIVATIONS.create(activation)]
+        layers.append(nn.Linear(width, hidden))
+        if norm != "none":  # no Identity placeholder: it would renumber saved layers
+            layers.append(NORMS.create(norm, channels=hidden))
+        layers.append(ACTIVATIONS.create(activation))
         width = hidden
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
