@@ -48,9 +48,14 @@ def images_and_labels(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Te
 def test_presets_are_registered_with_their_architecture():
     mlp, dcgan, cgan = (create_model(n) for n in NAMES)
     assert all(isinstance(m, GAN) for m in (mlp, dcgan, cgan))
-    assert isinstance(mlp.generator, DECODERS.get("mlp"))  # one decoder for VAE and GAN
+    assert isinstance(mlp.generator, DECODERS.get("mlp-norm"))  # one decoder for VAE and GAN
+    assert [type(m).__name__ for m in mlp.generator.net][:3] == [
+        "Linear", "BatchNorm", "LeakyReLU"
+    ]  # fmt: skip
     assert isinstance(mlp.discriminator, MLPDiscriminator)
     assert mlp.config.g_activation == "leaky_relu" and mlp.config.latent_dim == 64
+    assert mlp.config.loss == "hinge" and mlp.config.spectral_norm
+    assert (mlp.config.lr, mlp.config.d_lr, mlp.config.betas) == (1e-4, 4e-4, (0.0, 0.9))
     assert isinstance(dcgan.generator, DECODERS.get("conv"))
     assert isinstance(dcgan.discriminator, ConvDiscriminator)
     assert not dcgan.conditional and cgan.conditional and cgan.config.num_classes == 10

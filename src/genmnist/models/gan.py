@@ -456,17 +456,21 @@ class GeneratorNetwork(nn.Module):
 MODELS.register(
     "gan-mlp",
     GAN,
-    description="MLP GAN: generator 64-256-512-784 (LeakyReLU, tanh), MLP discriminator",
-    generator="mlp",
+    description="MLP GAN: generator 64-256-512-784 (BatchNorm, LeakyReLU, tanh), "
+    "spectrally normalised MLP discriminator, hinge loss",
+    generator="mlp-norm",
     discriminator="mlp",
     latent_dim=64,
     g_hidden_dims=(256, 512),
     d_hidden_dims=(512, 256),
     g_activation="leaky_relu",
-    g_norm="none",
-    d_dropout=0.3,
+    g_norm="batch",
     init="default",
-    real_target=0.9,
+    loss="hinge",
+    spectral_norm=True,
+    lr=1e-4,
+    d_lr=4e-4,
+    betas=(0.0, 0.9),
 )
 MODELS.register(
     "dcgan",
