@@ -136,6 +136,36 @@ def trained_folder(tmp_path, tiny_model, tiny_dataset):
     return model.save_pretrained(tmp_path / "exported")
 
 
+def test_a_run_folder_brings_its_dataset(
+    tmp_path, tiny_model, tiny_dataset, trained_folder, run_cli, capsys, monkeypatch
+):
+    from genmnist.cli.common import UsageProblem, resolve_model
+    from genmnist.cli.evaluate import _resolve_compared
+
+    run = tmp_path / "fashion-run"
+    model = tiny_model("vae-mlp", batch_size=16, precision="fp32")
+    options = TrainOptions(
+        out=run, max_steps=2, progress=False, device="cpu", dataset="fashion-mnist"
+    )
+    Trainer(model, options, dataset=tiny_dataset, log=lambda line: None).fit()
+    assert resolve_model(str(run), None, None).dataset == "fashion-mnist"
+    assert capsys.readouterr().err == ""
+    assert resolve_model(str(run), None, "mnist").dataset == "mnist"  # asked for: obeyed
+    assert "trained on fashion-mnist, not mnist" in capsys.readouterr().err
+    assert resolve_model("vae-mlp", None, None).dataset == "mnist"
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("sample", run, "-n", "2")
+    assert code == 0 and err == "", err
+    assert "to vae-mlp-fashion-mnist-samples.png" in out
+
+    loaded, dataset = _resolve_compared([str(run), "cvae"], None)
+    assert dataset == "fashion-mnist" and loaded[1][2] == "shipped weights (fashion-mnist)"
+    with pytest.raises(UsageProblem, match="trained on fashion-mnist and mnist; choose"):
+        _resolve_compared([str(run), str(tmp_path / "run")], None)
+    assert _resolve_compared([str(run), str(tmp_path / "run")], "mnist")[1] == "mnist"
+
+
 def test_sample_png_and_npy_from_checkpoint(tmp_path, trained_folder, run_cli):
     png = tmp_path / "g.png"
     code, out, err = run_cli(
@@ -202,6 +232,8 @@ def test_resolve_model_names_folders_and_the_run_dataset(tmp_path, trained_folde
     assert resolved.source == str(run) and capsys.readouterr().err == ""
     model, folder, _ = resolve_model(str(run), None, "fashion-mnist")
     assert folder == run and "trained on mnist, not fashion-mnist" in capsys.readouterr().err
+    assert resolve_model(str(run), None, None).dataset == "mnist"  # no --dataset: the run's
+    assert capsys.readouterr().err == ""
     shipped = resolve_model("vae-mlp", None, "mnist")
     assert shipped.folder is None and shipped.source == "shipped weights (mnist)"
     fresh = resolve_model("vae-mlp", None, "mnist", weights=False)

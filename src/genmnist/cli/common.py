@@ -49,6 +49,18 @@ def err_console():
 DatasetOption = Annotated[
     str, typer.Option("--dataset", "-d", help="mnist or fashion-mnist.", show_default=True)
 ]
+#: ``--dataset`` of the commands that read a model: a run folder knows its dataset, so
+#: evaluating or sampling it needs no flag (None: that dataset, else mnist).
+ModelDatasetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="mnist or fashion-mnist (default: the dataset a run folder was trained on, "
+        "else mnist).",
+        show_default=False,
+    ),
+]
 DataDirOption = Annotated[
     Path | None, typer.Option(help="Data root (default: $GENMNIST_DATA or ~/.cache).")
 ]
@@ -97,11 +109,14 @@ TemperatureOption = Annotated[
 
 
 # ------------------------------------------------------------------------------ names
-def check_dataset(dataset: str) -> str:
-    """``dataset`` if genmnist knows it; else a `UsageProblem` listing the known ones."""
+def check_dataset(dataset: str | None) -> str | None:
+    """``dataset`` if genmnist knows it (or None: not given); else a `UsageProblem` listing
+    the known ones."""
     from genmnist.data import check_dataset_name
     from genmnist.errors import DataError
 
+    if dataset is None:
+        return None
     try:
         return check_dataset_name(dataset)
     except DataError as exc:
@@ -134,6 +149,9 @@ class Resolved:
     folder: Path | None
     #: How a report names its origin: the folder, or ``shipped weights (DATASET)``.
     source: str
+    #: The dataset the command works on: the one asked for, else the run folder's, else
+    #: mnist.
+    dataset: str = "mnist"
 
     def __iter__(self):
         """Unpacks as ``model, folder, source`` (no copies, unlike `dataclasses.astuple`)."""
@@ -141,7 +159,7 @@ class Resolved:
 
 
 def resolve_model(
-    name_or_spec: str, checkpoint: Path | None, dataset: str, *, weights: bool = True
+    name_or_spec: str, checkpoint: Path | None, dataset: str | None, *, weights: bool = True
 ) -> Resolved:
     """The model a command means by a NAME argument and an optional ``--checkpoint``.
 
@@ -150,8 +168,9 @@ def resolve_model(
     * ``FOLDER`` alone (a run or model folder): the model saved there, whatever its name.
     * ``NAME --checkpoint FOLDER``: the model saved there, which must be a ``NAME``.
 
-    When the folder is a ``genmnist train`` run on another dataset than ``dataset``, a
-    warning says so on stderr.
+    ``dataset`` None (no ``--dataset``) means the dataset the folder's run was trained on,
+    else mnist. When the folder is a ``genmnist train`` run on another dataset than the
+    ``dataset`` asked for, a warning says so on stderr.
 
     Raises:
         UsageProblem: unknown or broken name (with suggestions), or the folder holds
@@ -173,21 +192,24 @@ def resolve_model(
             raise GenmnistError(f"{name_or_spec}: no such checkpoint folder")
         model_entry(name_or_spec)  # a usage error with suggestions, before any loading
     if folder is None:
+        dataset = dataset or "mnist"
         if not weights:
-            return Resolved(create_model(name_or_spec), None, "registered defaults")
-        return Resolved(load(name_or_spec, dataset=dataset), None, f"shipped weights ({dataset})")
-    model = load(folder, dataset=dataset)
-    if checkpoint is not None and model.name != name_or_spec:
-        raise UsageProblem(f"{checkpoint} holds a '{model.name}' model, not '{name_or_spec}'")
+            return Resolved(create_model(name_or_spec), None, "registered defaults", dataset)
+        model = load(name_or_spec, dataset=dataset)
+        return Resolved(model, None, f"shipped weights ({dataset})", dataset)
     from genmnist.run_folder import run_dataset
 
     trained_on = run_dataset(folder)
-    if trained_on is not None and trained_on != dataset:
+    if dataset is not None and trained_on is not None and trained_on != dataset:
         err_console().print(
             f"[yellow]warning[/]: {folder} was trained on {trained_on}, not {dataset} "
-            f"(pass --dataset {trained_on})"
+            f"(leave out --dataset, or pass --dataset {trained_on})"
         )
-    return Resolved(model, folder, str(folder))
+    dataset = dataset or trained_on or "mnist"
+    model = load(folder, dataset=dataset)
+    if checkpoint is not None and model.name != name_or_spec:
+        raise UsageProblem(f"{checkpoint} holds a '{model.name}' model, not '{name_or_spec}'")
+    return Resolved(model, folder, str(folder), dataset)
 
 
 # ------------------------------------------------------------------------------ sampling

@@ -18,6 +18,7 @@ from genmnist.cli.common import (
     CheckpointOption,
     DataDirOption,
     DatasetOption,
+    ModelDatasetOption,
     GuidanceIntervalOption,
     GuidanceOption,
     SamplerOption,
@@ -107,7 +108,7 @@ def eval_command(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the JSON to this file.")
     ] = None,
-    dataset: DatasetOption = "mnist",
+    dataset: ModelDatasetOption = None,
     data_dir: DataDirOption = None,
     seed: SeedOption = 0,
     batch_size: BatchOption = 1000,
@@ -126,7 +127,8 @@ def eval_command(
     if output is not None:
         check_output_file(output, "--output")
     err = err_console()
-    model, run_dir, _ = resolve_model(name, checkpoint, dataset)
+    resolved = resolve_model(name, checkpoint, dataset)
+    model, run_dir, dataset = resolved.model, resolved.folder, resolved.dataset
     options = sampling_options(
         model,
         sampler=sampler,
@@ -172,7 +174,7 @@ def compare_command(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("report"),
     n: NumOption = 10000,
-    dataset: DatasetOption = "mnist",
+    dataset: ModelDatasetOption = None,
     data_dir: DataDirOption = None,
     seed: SeedOption = 0,
     batch_size: BatchOption = 1000,
@@ -201,7 +203,7 @@ def compare_command(
     from genmnist.models import pretrained_dir
 
     err = err_console()
-    loaded = [tuple(resolve_model(spec, None, dataset)) for spec in models]
+    loaded, dataset = _resolve_compared(models, dataset)
     labels = unique_labels(_labels(loaded))
     results, samples, curves = [], [], {}
     for label, (model, folder, _) in zip(labels, loaded, strict=True):
@@ -302,6 +304,30 @@ def _result_problem(result: dict[str, Any]) -> str | None:
         if not fits(value):
             return f"field '{key}' must be {what}, got {json.dumps(value)[:40]}"
     return None
+
+
+def _resolve_compared(specs: list[str], dataset: str | None):
+    """The compared models as ``(model, folder, source)``, and the one dataset they are
+    compared on: ``dataset``, else the one their run folders were trained on, else mnist.
+
+    Raises:
+        UsageProblem: no ``--dataset`` and run folders trained on different datasets.
+    """
+    # folders load as they are; names wait for the dataset to pick their shipped weights
+    resolved = [resolve_model(spec, None, dataset, weights=False) for spec in specs]
+    if dataset is None:
+        trained_on = sorted({r.dataset for r in resolved if r.folder is not None})
+        if len(trained_on) > 1:
+            raise UsageProblem(
+                f"the run folders were trained on {' and '.join(trained_on)}; "
+                "choose the dataset to compare them on with --dataset"
+            )
+        dataset = trained_on[0] if trained_on else "mnist"
+    resolved = [
+        r if r.folder is not None else resolve_model(spec, None, dataset)
+        for spec, r in zip(specs, resolved, strict=True)
+    ]
+    return [tuple(r) for r in resolved], dataset
 
 
 def _reusable(earlier, model, dataset: str, n: int, seed: int) -> dict[str, Any] | None:

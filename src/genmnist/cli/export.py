@@ -9,7 +9,7 @@ import typer
 
 from genmnist.cli.common import (
     CheckpointOption,
-    DatasetOption,
+    ModelDatasetOption,
     UsageProblem,
     check_dataset,
     check_output_file,
@@ -30,7 +30,7 @@ def export_command(
         ),
     ] = None,
     checkpoint: CheckpointOption = None,
-    dataset: DatasetOption = "mnist",
+    dataset: ModelDatasetOption = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace -o if it exists (without it, an existing file is kept).")
     ] = False,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from genmnist.cli.common import (
-    DatasetOption,
+    ModelDatasetOption,
     check_dataset,
     console,
     default_config,
@@ -59,7 +59,7 @@ def list_models(
 
 def info(
     name: Annotated[str, typer.Argument(help="Registered model name, or a checkpoint folder.")],
-    dataset: DatasetOption = "mnist",
+    dataset: ModelDatasetOption = None,
 ) -> None:
     """Show a model: the shipped weights for --dataset (their config, size and card), or
     the registered defaults when none ship, or a checkpoint folder's model."""
@@ -74,9 +74,9 @@ def info(
     shipped = None
     if name in MODELS:
         model_entry(name)  # a broken plugin is a usage error here
-        shipped = pretrained_dir(name, dataset)
+        shipped = pretrained_dir(name, dataset or "mnist")
     resolved = resolve_model(name, None, dataset, weights=shipped is not None)
-    model = resolved.model
+    model, dataset = resolved.model, resolved.dataset
     entry = model_entry(model.name)
     out = console()
     out.print(f"[bold]{model.name}[/] - {entry.summary}")

@@ -10,7 +10,7 @@ import typer
 
 from genmnist.cli.common import (
     CheckpointOption,
-    DatasetOption,
+    ModelDatasetOption,
     GuidanceIntervalOption,
     GuidanceOption,
     SamplerOption,
@@ -46,7 +46,7 @@ def sample(
         str | None, typer.Option("--format", "-f", help="png, npy or pt (default: from -o).")
     ] = None,
     checkpoint: CheckpointOption = None,
-    dataset: DatasetOption = "mnist",
+    dataset: ModelDatasetOption = None,
     nrow: Annotated[int | None, typer.Option(min=1, help="Images per grid row.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images generated at once.")] = 1000,
     sampler: SamplerOption = None,
@@ -74,7 +74,8 @@ def sample(
     check_dataset(dataset)
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise _unknown_format(fmt, OUTPUT_FORMATS)
-    model = resolve_model(name, checkpoint, dataset).model
+    resolved = resolve_model(name, checkpoint, dataset)
+    model, dataset = resolved.model, resolved.dataset
     if compile_:
         from genmnist.compiling import compile_model
 
