@@ -27,7 +27,7 @@ EVERYWHERE = {"guidance_interval": (float("-inf"), float("inf")), "spacing": "un
 REFERENCE = [
     ("mnist", "cgan", {}, "41826949f3278793"),
     ("mnist", "cvae", {}, "a74ccdac8d5f44c3"),
-    ("mnist", "dcgan", {}, "245be0739caaec22"),
+    ("mnist", "dcgan", {}, "95b29c755c5b7576"),
     ("mnist", "gan-sc", {}, "6a43b936afa3e21c"),
     ("mnist", "gan-mlp", {}, "0e29cd15cf7679f4"),
     ("mnist", "vae-conv", {}, "d0972a4b0f646506"),
@@ -54,6 +54,9 @@ REFERENCE = [
     ("fashion-mnist", "flow-cfg", {}, "04ad0d2625fe363f"),
     ("fashion-mnist", "vae-conv", {}, "4e222d186bf2bc1c"),
     ("fashion-mnist", "vae-gmm", {}, "066ab7a330185723"),
+    ("fashion-mnist", "cvae", {}, "139d039f61164916"),
+    ("fashion-mnist", "dcgan", {}, "2710b3a22a02bd6a"),
+    ("fashion-mnist", "cgan", {}, "4a707b51984168e8"),
 ]
 
 
