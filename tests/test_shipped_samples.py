@@ -55,8 +55,8 @@ REFERENCE = [
     ("fashion-mnist", "vae-conv", {}, "a7be108b5129f720"),
     ("fashion-mnist", "vae-gmm", {}, "066ab7a330185723"),
     ("fashion-mnist", "cvae", {}, "139d039f61164916"),
-    ("fashion-mnist", "dcgan", {}, "2710b3a22a02bd6a"),
-    ("fashion-mnist", "cgan", {}, "4a707b51984168e8"),
+    ("fashion-mnist", "dcgan", {}, "d10dba029849f5ef"),
+    ("fashion-mnist", "cgan", {}, "2d0c38f1fd4f8c76"),
 ]
 
 
