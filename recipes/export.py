@@ -5,7 +5,8 @@
 Writes src/genmnist/pretrained/<dataset>/<model>/{config.json,model.safetensors} in
 float16 (``--fp32`` keeps float32) and ``card.json`` with how the run was trained (recipe,
 command, seed, steps, time), and copies the run's training log (``metrics.jsonl``, thinned
-to at most a few hundred records, a few tens of kB) beside them, from which ``genmnist compare`` draws the shipped model's training curve.
+to a few hundred records) beside them, from which ``genmnist compare`` draws the shipped
+model's training curve.
 Prints how far the shipped copy's samples are from the run's.
 The evaluation half of the card comes from ``python recipes/cards.py``.
 

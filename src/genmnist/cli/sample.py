@@ -10,9 +10,9 @@ import typer
 
 from genmnist.cli.common import (
     CheckpointOption,
-    ModelDatasetOption,
     GuidanceIntervalOption,
     GuidanceOption,
+    ModelDatasetOption,
     SamplerOption,
     SpacingOption,
     StepsOption,
