@@ -49,6 +49,8 @@ def err_console():
 DatasetOption = Annotated[
     str, typer.Option("--dataset", "-d", help="mnist or fashion-mnist.", show_default=True)
 ]
+#: The dataset of a command not told which and not given a run folder that knows its own.
+DEFAULT_DATASET = "mnist"
 #: ``--dataset`` of the commands that read a model: a run folder knows its dataset, so
 #: evaluating or sampling it needs no flag (None: that dataset, else mnist).
 ModelDatasetOption = Annotated[
@@ -150,12 +152,34 @@ class Resolved:
     #: How a report names its origin: the folder, or ``shipped weights (DATASET)``.
     source: str
     #: The dataset the command works on: the one asked for, else the run folder's, else
-    #: mnist.
-    dataset: str = "mnist"
+    #: `DEFAULT_DATASET`.
+    dataset: str
 
     def __iter__(self):
         """Unpacks as ``model, folder, source`` (no copies, unlike `dataclasses.astuple`)."""
         return iter((self.model, self.folder, self.source))
+
+
+def model_folder(name_or_spec: str, checkpoint: Path | None) -> Path | None:
+    """The run or model folder a NAME argument and an optional ``--checkpoint`` point at,
+    or None for a registered name (see `resolve_model`); loads nothing.
+
+    Raises:
+        UsageProblem: unknown or broken name (with suggestions).
+        GenmnistError: the checkpoint folder does not exist.
+    """
+    from genmnist.registry import MODELS
+
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise GenmnistError(f"--checkpoint: {checkpoint} is not a folder")
+    folder = checkpoint
+    if folder is None and name_or_spec not in MODELS and Path(name_or_spec).is_dir():
+        folder = Path(name_or_spec)
+    if folder is None or checkpoint is not None:
+        if checkpoint is None and ("/" in name_or_spec or os.sep in name_or_spec):
+            raise GenmnistError(f"{name_or_spec}: no such checkpoint folder")
+        model_entry(name_or_spec)  # a usage error with suggestions, before any loading
+    return folder
 
 
 def resolve_model(
@@ -180,19 +204,10 @@ def resolve_model(
         RegistryError: no weights ship for ``NAME`` on ``dataset``.
     """
     from genmnist.models import create_model, load
-    from genmnist.registry import MODELS
 
-    if checkpoint is not None and not checkpoint.is_dir():
-        raise GenmnistError(f"--checkpoint: {checkpoint} is not a folder")
-    folder = checkpoint
-    if folder is None and name_or_spec not in MODELS and Path(name_or_spec).is_dir():
-        folder = Path(name_or_spec)
-    if folder is None or checkpoint is not None:
-        if checkpoint is None and ("/" in name_or_spec or os.sep in name_or_spec):
-            raise GenmnistError(f"{name_or_spec}: no such checkpoint folder")
-        model_entry(name_or_spec)  # a usage error with suggestions, before any loading
+    folder = model_folder(name_or_spec, checkpoint)
     if folder is None:
-        dataset = dataset or "mnist"
+        dataset = dataset or DEFAULT_DATASET
         if not weights:
             return Resolved(create_model(name_or_spec), None, "registered defaults", dataset)
         model = load(name_or_spec, dataset=dataset)
@@ -205,7 +220,7 @@ def resolve_model(
             f"[yellow]warning[/]: {folder} was trained on {trained_on}, not {dataset} "
             f"(leave out --dataset, or pass --dataset {trained_on})"
         )
-    dataset = dataset or trained_on or "mnist"
+    dataset = dataset or trained_on or DEFAULT_DATASET
     model = load(folder, dataset=dataset)
     if checkpoint is not None and model.name != name_or_spec:
         raise UsageProblem(f"{checkpoint} holds a '{model.name}' model, not '{name_or_spec}'")

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from genmnist.cli.common import (
+    DEFAULT_DATASET,
     CheckpointOption,
     DataDirOption,
     DatasetOption,
@@ -32,6 +33,7 @@ from genmnist.cli.common import (
     check_sampling,
     console,
     err_console,
+    model_folder,
     progress_bar,
     resolve_model,
     sampling_options,
@@ -308,26 +310,24 @@ def _result_problem(result: dict[str, Any]) -> str | None:
 
 def _resolve_compared(specs: list[str], dataset: str | None):
     """The compared models as ``(model, folder, source)``, and the one dataset they are
-    compared on: ``dataset``, else the one their run folders were trained on, else mnist.
+    compared on: ``dataset``, else the one their run folders were trained on, else
+    `DEFAULT_DATASET`.
 
     Raises:
         UsageProblem: no ``--dataset`` and run folders trained on different datasets.
     """
-    # folders load as they are; names wait for the dataset to pick their shipped weights
-    resolved = [resolve_model(spec, None, dataset, weights=False) for spec in specs]
     if dataset is None:
-        trained_on = sorted({r.dataset for r in resolved if r.folder is not None})
+        from genmnist.run_folder import run_dataset
+
+        folders = [f for spec in specs if (f := model_folder(spec, None)) is not None]
+        trained_on = sorted({d for f in folders if (d := run_dataset(f)) is not None})
         if len(trained_on) > 1:
             raise UsageProblem(
                 f"the run folders were trained on {' and '.join(trained_on)}; "
                 "choose the dataset to compare them on with --dataset"
             )
-        dataset = trained_on[0] if trained_on else "mnist"
-    resolved = [
-        r if r.folder is not None else resolve_model(spec, None, dataset)
-        for spec, r in zip(specs, resolved, strict=True)
-    ]
-    return [tuple(r) for r in resolved], dataset
+        dataset = trained_on[0] if trained_on else DEFAULT_DATASET
+    return [tuple(resolve_model(spec, None, dataset)) for spec in specs], dataset
 
 
 def _reusable(earlier, model, dataset: str, n: int, seed: int) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from genmnist.cli.common import (
+    DEFAULT_DATASET,
     ModelDatasetOption,
     check_dataset,
     console,
@@ -74,7 +75,7 @@ def info(
     shipped = None
     if name in MODELS:
         model_entry(name)  # a broken plugin is a usage error here
-        shipped = pretrained_dir(name, dataset or "mnist")
+        shipped = pretrained_dir(name, dataset or DEFAULT_DATASET)
     resolved = resolve_model(name, None, dataset, weights=shipped is not None)
     model, dataset = resolved.model, resolved.dataset
     entry = model_entry(model.name)
