@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from genmnist import precision
 from genmnist.diffusion import (
     OBJECTIVES,
     SAMPLERS,
@@ -328,17 +329,24 @@ def test_ddpm_sampling_options_are_checked():
         model.sample(2, precision="fp8")
 
 
-def test_ddpm_samples_in_bf16_by_default_close_to_fp32():
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_ddpm_samples_in_bf16_by_default_where_bf16_is_native(monkeypatch, fast_bf16):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast_bf16)
     torch.manual_seed(0)
     model = create_model("ddpm", **TINY)
     for p in model.parameters():
         p.data.add_(torch.randn_like(p) * 0.05)
     assert model.sampling_precision == "bf16"
+    # without native bf16 kernels (an AVX2-only CPU) emulated bf16 is slower than fp32
+    expected = "bf16" if fast_bf16 else "fp32"
+    assert model.default_sampling_precision() == expected
     default = model.sample(4, seed=3, steps=5)
-    assert torch.equal(default, model.sample(4, seed=3, steps=5, precision="bf16"))
-    full = model.sample(4, seed=3, steps=5, precision="fp32")
-    assert not torch.equal(default, full)
-    assert (default - full).abs().mean() < 0.05
+    assert torch.equal(default, model.sample(4, seed=3, steps=5, precision=expected))
+    other = model.sample(4, seed=3, steps=5, precision={"bf16": "fp32", "fp32": "bf16"}[expected])
+    assert not torch.equal(default, other)
+    assert (default - other).abs().mean() < 0.05
+    vae = create_model("vae-mlp", hidden_dims=(8,), latent_dim=2)
+    assert vae.default_sampling_precision() == "fp32"
 
 
 # ---------------------------------------------------------------- the command line

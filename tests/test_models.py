@@ -22,6 +22,7 @@ from genmnist.losses import (
 from genmnist.models import VAE, VAEConfig, create_model, load
 from genmnist.models.base import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE, SampleNoise
 from genmnist.models.vae import interpolate_latents
+from genmnist.nn import DECODERS
 from genmnist.registry import MODELS
 
 ALL_MODELS = ["vae-mlp", "vae-conv", "cvae"]
@@ -517,3 +518,55 @@ def test_config_fields_are_type_checked(field, value, expected):
 def test_config_type_check_accepts_json_spellings():
     cfg = VAEConfig.from_dict({"beta": 2, "hidden_dims": [8, 16], "grad_clip": None})
     assert cfg.beta == 2 and cfg.hidden_dims == (8, 16) and cfg.grad_clip is None
+
+
+# --------------------------------------------------------------------------- decoders
+def test_conv_decoder_keeps_the_layer_numbering_its_saved_weights_use():
+    decoder = DECODERS.create("conv", in_features=4, hidden_dims=(8, 16))
+    assert [k for k in decoder.state_dict() if k.endswith("weight")] == [
+        "project.0.weight", "net.0.weight", "net.1.weight", "net.3.weight", "net.4.weight",
+        "net.6.weight",
+    ]  # fmt: skip
+
+
+def test_residual_decoder_refines_every_resolution_and_reduces_to_the_plain_one():
+    plain = DECODERS.create("conv", in_features=4, hidden_dims=(8, 16), cond_features=2)
+    residual = DECODERS.create("conv-res", in_features=4, hidden_dims=(8, 16), cond_features=2)
+    sizes = []
+    for module in residual.modules():
+        if type(module).__name__ == "_ResidualBlock":
+            module.register_forward_hook(lambda m, args, out: sizes.append(tuple(out.shape[1:])))
+    z, cond = torch.randn(3, 4), torch.randn(3, 2)
+    assert residual(z, cond).shape == (3, 1, 28, 28)
+    assert sizes == [
+        (16, 7, 7),
+        (8, 14, 14),
+        (8, 28, 28),
+    ]  # after the projection and each upsampling
+    # with each block's last normalisation zeroed, a block is relu(relu(x)) = relu(x), so the
+    # decoder computes exactly what the plain decoder with the same other weights computes
+    plain_layers = [m for m in plain.net if not isinstance(m, torch.nn.Identity)]
+    residual_layers = []
+    for module in residual.net:
+        if type(module).__name__ == "_ResidualBlock":
+            torch.nn.init.zeros_(module.body[-1].weight)
+            torch.nn.init.zeros_(module.body[-1].bias)
+        else:
+            residual_layers.append(module)
+    for mine, theirs in zip(residual_layers, plain_layers, strict=True):
+        mine.load_state_dict(theirs.state_dict())
+    residual.project.load_state_dict(plain.project.state_dict())
+    plain.eval(), residual.eval()
+    assert torch.allclose(residual(z, cond), plain(z, cond), atol=1e-6)
+
+
+def test_vae_with_residual_decoder_trains_and_round_trips(tiny_dataset, tmp_path):
+    model = create_model("cvae", latent_dim=3, hidden_dims=(4, 8), decoder="conv-res")
+    images, labels = tiny_dataset.batch(torch.arange(8))
+    loss = model.training_loss(images, labels, step=0)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.decoder.parameters())
+    model.save_pretrained(tmp_path / "m")
+    again = load(tmp_path / "m")
+    assert torch.equal(again.sample(4, labels=1, seed=3), model.sample(4, labels=1, seed=3))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from genmnist import precision
 from genmnist.errors import CheckpointError, ConfigError, RegistryError, TrainingError
 from genmnist.io import load_tensors, save_tensors
 from genmnist.models import load
@@ -394,10 +395,15 @@ def test_bad_training_configurations(train, tiny_model, tmp_path, tiny_dataset):
         train(tmp_path / "zero", epochs=0)
 
 
-def test_precision_auto_uses_bf16_on_cpu_for_vaes(tiny_model, tmp_path):
-    assert Trainer(tiny_model("vae-mlp"), TrainOptions(out=tmp_path, device="cpu")).use_bf16
-    fp32 = tiny_model("vae-mlp", precision="fp32")
-    assert not Trainer(fp32, TrainOptions(out=tmp_path, device="cpu")).use_bf16
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_precision_auto_uses_bf16_on_cpus_with_bf16_kernels(
+    tiny_model, tmp_path, monkeypatch, fast_bf16
+):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast_bf16)
+    options = TrainOptions(out=tmp_path, device="cpu")
+    assert Trainer(tiny_model("vae-mlp"), options).use_bf16 is fast_bf16
+    assert not Trainer(tiny_model("vae-mlp", precision="fp32"), options).use_bf16
+    assert Trainer(tiny_model("vae-mlp", precision="bf16"), options).use_bf16  # asked for
 
 
 def test_ema_with_batchnorm_model(train, tiny_model, tmp_path):

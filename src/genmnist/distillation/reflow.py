@@ -124,7 +124,7 @@ def draw_pairs(
     sample_fn = FLOW_SAMPLERS.get(cfg.sampler)
     times = flow_times(cfg.sampling_steps, cfg.time_shift)
     device = teacher.device
-    bf16 = teacher.sampling_precision == "bf16"
+    bf16 = teacher.default_sampling_precision() == "bf16"
     images = torch.empty_like(noise)
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         for start in range(0, n, PAIR_BATCH):

@@ -39,6 +39,7 @@ from genmnist.io import (
     write_json,
 )
 from genmnist.nn.modes import evaluating
+from genmnist.precision import bf16_is_fast
 from genmnist.registry import MODELS
 from genmnist.run_folder import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
 
@@ -265,8 +266,9 @@ class GenerativeModel(nn.Module):
     pretrained_package: ClassVar[str] = "genmnist.pretrained"
     #: Whether bf16 autocast speeds up training on CPU (``precision="auto"``), as measured.
     bf16_helps: ClassVar[bool] = False
-    #: Precision `sample` uses by default: ``"bf16"`` (autocast; measured about 4x faster
-    #: for the diffusion U-Net on CPU at equal sample quality) or ``"fp32"``.
+    #: Precision `sample` uses by default where bf16 has native kernels: ``"bf16"``
+    #: (autocast; measured about 4x faster for the diffusion U-Net on an AVX-512 CPU at
+    #: equal sample quality) or ``"fp32"``. See `default_sampling_precision`.
     sampling_precision: ClassVar[str] = "fp32"
     #: Extra keyword options `sample` accepts and passes to `generate`
     #: (e.g. ``sampler``, ``steps``, ``guidance`` for diffusion models).
@@ -311,6 +313,14 @@ class GenerativeModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # ----------------------------------------------------------------- sampling
+    def default_sampling_precision(self) -> str:
+        """The precision `sample` uses when none is given: `sampling_precision`, but
+        ``"fp32"`` on a CPU without native bf16 kernels, where bf16 autocast is emulated
+        (`genmnist.precision.bf16_is_fast`)."""
+        if self.sampling_precision == "bf16" and not bf16_is_fast(self.device.type):
+            return "fp32"
+        return self.sampling_precision
+
     def sample(
         self,
         n: int,
@@ -334,8 +344,8 @@ class GenerativeModel(nn.Module):
             seed: Makes sampling reproducible; sample ``i`` is identical whatever ``n``
                 and ``batch_size`` are.
             batch_size: Images generated at once (bounds memory for large ``n``).
-            precision: ``"bf16"`` (autocast) or ``"fp32"``; default: the model's
-                `sampling_precision`.
+            precision: ``"bf16"`` (autocast) or ``"fp32"``; default:
+                `default_sampling_precision`.
             progress: Called with the number of images drawn so far after each batch
                 (for a progress bar).
             **options: Model-specific options named in `sampling_options`.
@@ -351,7 +361,7 @@ class GenerativeModel(nn.Module):
                 f"model '{self.name}' takes no sampling option {', '.join(unknown)} "
                 f"(it takes: {takes})"
             )
-        precision = precision or self.sampling_precision
+        precision = precision or self.default_sampling_precision()
         if precision not in ("bf16", "fp32"):
             raise ConfigError(f"precision must be 'bf16' or 'fp32', got '{precision}'")
         check_sample_count(n)

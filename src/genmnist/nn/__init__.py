@@ -1,6 +1,12 @@
 """Reusable building blocks: encoders, decoders/generators and shared layers."""
 
-from genmnist.nn.decoders import DECODERS, ConvDecoder, MLPDecoder, NormMLPDecoder
+from genmnist.nn.decoders import (
+    DECODERS,
+    ConvDecoder,
+    MLPDecoder,
+    NormMLPDecoder,
+    ResidualConvDecoder,
+)
 from genmnist.nn.discriminators import DISCRIMINATORS, ConvDiscriminator, MLPDiscriminator
 from genmnist.nn.encoders import ENCODERS, ConvEncoder, MLPEncoder
 from genmnist.nn.layers import ACTIVATIONS, NORMS, mlp
@@ -19,6 +25,7 @@ __all__ = [
     "MLPDiscriminator",
     "MLPEncoder",
     "NormMLPDecoder",
+    "ResidualConvDecoder",
     "evaluating",
     "mlp",
 ]

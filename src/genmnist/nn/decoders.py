@@ -13,7 +13,7 @@ from torch import nn
 from genmnist.nn.layers import ACTIVATIONS, NORMS, check_widths, downsampled_sizes, mlp
 from genmnist.registry import Registry
 
-#: Decoder / generator classes by name (``mlp``, ``mlp-norm``, ``conv``).
+#: Decoder / generator classes by name (``mlp``, ``mlp-norm``, ``conv``, ``conv-res``).
 DECODERS: Registry[type[nn.Module]] = Registry("decoder")
 
 
@@ -119,7 +119,7 @@ class ConvDecoder(nn.Module):
             nn.Linear(in_features + cond_features, widths[0] * sizes[0] ** 2),
             ACTIVATIONS.create(activation),
         )
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = list(self._refine(widths[0], activation, norm))
         for i, (s_in, s_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             c_in, c_out = widths[i], widths[min(i + 1, len(widths) - 1)]
             pad = s_out - (2 * s_in - 1)  # output_padding that lands exactly on s_out
@@ -127,12 +127,46 @@ class ConvDecoder(nn.Module):
                 nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad),
                 NORMS.create(norm, channels=c_out),
                 ACTIVATIONS.create(activation),
+                *self._refine(c_out, activation, norm),
             ]
         layers.append(nn.Conv2d(widths[-1], out_channels, 3, padding=1))
         self.net = nn.Sequential(*layers)
+
+    def _refine(self, channels: int, activation: str, norm: str) -> list[nn.Module]:
+        """Layers run at each resolution after it is reached (none here)."""
+        return []
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is not None:
             z = torch.cat([z, cond], dim=1)
         c, h, w = self.start_shape
         return self.net(rearrange(self.project(z), "b (c h w) -> b c h w", c=c, h=h, w=w))
+
+
+class _ResidualBlock(nn.Module):
+    """conv -> norm -> act -> conv -> norm, added to the input, then act."""
+
+    def __init__(self, channels: int, activation: str, norm: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            NORMS.create(norm, channels=channels),
+            ACTIVATIONS.create(activation),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            NORMS.create(norm, channels=channels),
+        )
+        self.act = ACTIVATIONS.create(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+@DECODERS.register("conv-res")
+class ResidualConvDecoder(ConvDecoder):
+    """`ConvDecoder` with a residual block (two 3x3 convolutions and a skip) after the
+    projection and after every upsampling: more capacity at each resolution, where a
+    blurry decoder loses the fine detail (a collar, a zip) that tells similar classes
+    apart. Same arguments as `ConvDecoder`."""
+
+    def _refine(self, channels: int, activation: str, norm: str) -> list[nn.Module]:
+        return [_ResidualBlock(channels, activation, norm)]

@@ -6,6 +6,7 @@ from typing import Any
 
 from genmnist.errors import ConfigError
 from genmnist.models.base import GenerativeModel
+from genmnist.precision import bf16_is_fast
 from genmnist.values import is_number
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -46,11 +47,15 @@ def check_recipe(cfg: Any) -> None:
 
 
 def uses_bf16(model: GenerativeModel, device_type: str) -> bool:
-    """Whether training autocasts to bf16: asked for, or ``auto`` on a CPU where the model
-    says bf16 helps (`GenerativeModel.bf16_helps`)."""
+    """Whether training autocasts to bf16: asked for, or ``auto`` on a CPU with native bf16
+    kernels (`genmnist.precision.bf16_is_fast`) where the model says bf16 helps
+    (`GenerativeModel.bf16_helps`)."""
     precision = model.config.precision
     return precision == "bf16" or (
-        precision == "auto" and model.bf16_helps and device_type == "cpu"
+        precision == "auto"
+        and model.bf16_helps
+        and device_type == "cpu"
+        and bf16_is_fast(device_type)
     )
 
 
