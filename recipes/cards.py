@@ -2,7 +2,7 @@
 
     # 1. measure every shipped model (the comparison page is this report)
     genmnist compare vae-mlp vae-conv vae-gmm cvae gan-mlp dcgan cgan gan-sc ddpm ddpm-cfg \
-        -n 10000 -o docs/comparison/mnist
+        -n 10000 -o docs/comparison/mnist --overwrite
     python recipes/cards.py metrics docs/comparison/mnist/metrics.json
     # 2. sampling trade-offs of the diffusion models (smaller n: FID is biased upwards)
     python recipes/cards.py sweep ddpm --steps 4 5 6 8 10 -n 2000 --set spacing=trailing

@@ -353,6 +353,38 @@ def test_sample_unknown_output_suffix_is_a_usage_error(
     assert code == 2
 
 
+def test_outputs_that_exist_are_kept_without_overwrite(
+    tmp_path, trained_folder, run_cli, assert_one_line_error
+):
+    png = tmp_path / "g.png"
+    png.write_bytes(b"earlier work")
+    sample = ("sample", "vae-mlp", "--checkpoint", trained_folder, "-n", "2", "-o", png)
+    code, _, err = run_cli(*sample)
+    assert code == 2
+    assert_one_line_error(err, "--output", "already exists", "--overwrite")
+    assert png.read_bytes() == b"earlier work"
+    code, _, err = run_cli(*sample, "--overwrite")
+    assert code == 0, err
+    with Image.open(png) as picture:
+        assert picture.format == "PNG"
+    gif = tmp_path / "d.gif"
+    gif.write_bytes(b"kept")  # checked before sampling, as -o is
+    code, _, err = run_cli(*sample, "--overwrite", "--gif", gif)
+    assert code == 2 and gif.read_bytes() == b"kept"
+    # eval refuses before evaluating anything; compare refuses a folder holding a report
+    result = tmp_path / "r.json"
+    result.write_text("{}")
+    code, _, err = run_cli("eval", "vae-mlp", "--checkpoint", trained_folder, "-o", result)
+    assert code == 2 and result.read_text() == "{}"
+    assert_one_line_error(err, "already exists")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("earlier report")
+    code, _, err = run_cli("compare", trained_folder, "-o", report)
+    assert code == 2 and (report / "report.md").read_text() == "earlier report"
+    assert_one_line_error(err, "already holds a report", "--overwrite")
+
+
 @pytest.mark.parametrize(
     ("error", "code", "fragment"),
     [

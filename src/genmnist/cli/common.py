@@ -69,6 +69,12 @@ DataDirOption = Annotated[
 CheckpointOption = Annotated[
     Path | None, typer.Option(help="Run or model folder (default: shipped weights).")
 ]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace outputs that exist (without it, an existing file is kept)."
+    ),
+]
 # Diffusion and flow sampling options, shared by `sample` and `eval` (other models
 # refuse them).
 SamplerOption = Annotated[
@@ -313,16 +319,19 @@ def check_writable(folder: Path, option: str) -> None:
         raise GenmnistError(f"{option}: cannot write under {folder}: {existing} is read-only")
 
 
-def check_output_file(path: Path, option: str) -> None:
+def check_output_file(path: Path, option: str, overwrite: bool = False) -> None:
     """Fail early, in one line, if the output file ``path`` would not be written: a
-    folder, a socket, a dangling link... (see `genmnist.io.check_output`), or no write
-    permission where it would go."""
+    folder, a socket, a dangling link... (see `genmnist.io.check_output`), no write
+    permission where it would go, or a file that exists and ``overwrite`` is off (a
+    device such as ``/dev/null`` is written through, never refused)."""
     from genmnist.io import check_output
 
     try:
         target = check_output(path)
     except GenmnistError as exc:
         raise GenmnistError(f"{option}: {exc}") from None
+    if target.is_file() and not overwrite:
+        raise UsageProblem(f"{option}: {path} already exists; pass --overwrite to replace it")
     if not target.exists() or target.is_file():  # not written through a device or FIFO
         check_writable(target.parent, option)
 

@@ -22,6 +22,7 @@ from genmnist.cli.common import (
     GuidanceIntervalOption,
     GuidanceOption,
     ModelDatasetOption,
+    OverwriteOption,
     SamplerOption,
     SpacingOption,
     StepsOption,
@@ -122,12 +123,13 @@ def eval_command(
     guidance: GuidanceOption = None,
     guidance_interval: GuidanceIntervalOption = None,
     temperature: TemperatureOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Evaluate a model: FID/KID/precision/recall with their real-data floor, IS,
     acceptability, class coverage, VAE and efficiency metrics."""
     check_dataset(dataset)
     if output is not None:
-        check_output_file(output, "--output")
+        check_output_file(output, "--output", overwrite)
     err = err_console()
     resolved = resolve_model(name, checkpoint, dataset)
     model, run_dir, dataset = resolved.model, resolved.folder, resolved.dataset
@@ -191,9 +193,17 @@ def compare_command(
             "only for the same weights, dataset, n and seed; repeatable).",
         ),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace the report that the folder already holds."),
+    ] = False,
 ) -> None:
     """Evaluate several models and write a Markdown report with metrics, samples and charts."""
     check_dataset(dataset)
+    from genmnist.metrics.report import REPORT_FILE
+
+    if (out / REPORT_FILE).exists() and not overwrite:
+        raise UsageProblem(f"--out: {out} already holds a report; pass --overwrite to replace it")
     earlier = _read_results(results_files or [])
     if charts:
         from genmnist.metrics.report import require_matplotlib

@@ -10,6 +10,7 @@ import typer
 from genmnist.cli.common import (
     CheckpointOption,
     ModelDatasetOption,
+    OverwriteOption,
     UsageProblem,
     check_dataset,
     check_output_file,
@@ -31,9 +32,7 @@ def export_command(
     ] = None,
     checkpoint: CheckpointOption = None,
     dataset: ModelDatasetOption = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace -o if it exists (without it, an existing file is kept).")
-    ] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Export the network that samples (GAN generator, VAE decoder, diffusion U-Net) to
     ONNX or TorchScript, check it against PyTorch, and print its inputs and output."""
@@ -47,7 +46,7 @@ def export_command(
         raise UsageProblem(f"--format: {str(exc).strip(chr(34))}") from None
     if export_format.require is not None:
         export_format.require()  # before loading anything: one line naming the extra
-    check_output_file(output, "--output")
+    check_output_file(output, "--output", overwrite)
     try:
         check_export_target(output, overwrite)
     except ConfigError as exc:

@@ -13,6 +13,7 @@ from genmnist.cli.common import (
     GuidanceIntervalOption,
     GuidanceOption,
     ModelDatasetOption,
+    OverwriteOption,
     SamplerOption,
     SpacingOption,
     StepsOption,
@@ -67,6 +68,7 @@ def sample(
             "small runs on a CPU, see the docs).",
         ),
     ] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Draw samples and save them as a PNG grid, a .npy array or a .pt tensor."""
     from genmnist.viz import OUTPUT_FORMATS
@@ -86,7 +88,7 @@ def sample(
         raise _unknown_format(fmt, OUTPUT_FORMATS)
     for option, target in (("--output", output), ("--gif", gif)):
         if target is not None:
-            check_output_file(target, option)
+            check_output_file(target, option, overwrite)
     import random
 
     from genmnist.viz import save_samples

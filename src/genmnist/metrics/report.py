@@ -21,6 +21,8 @@ import torch
 from genmnist.errors import GenmnistError
 from genmnist.metrics.evaluation import METRICS
 
+#: The Markdown report `write_report` writes in its folder.
+REPORT_FILE = "report.md"
 RADAR_AXES = ("quality", "diversity", "controllability", "efficiency")
 
 
@@ -274,7 +276,7 @@ def write_report(
         chart_files["samples"] = samples_chart(labels, grids, out / "samples.png")
         chart_files["curves"] = curves_chart(curves, out / "curves.png")
     text = _markdown(labels, results, sample_files, chart_files, curves, sources)
-    return atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write(out / REPORT_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _slug(label: str) -> str:
