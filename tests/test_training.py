@@ -393,6 +393,10 @@ def test_bad_training_configurations(train, tiny_model, tmp_path, tiny_dataset):
         train(tmp_path / "big", tiny_model("vae-mlp", batch_size=1000), max_steps=1)
     with pytest.raises(ConfigError, match="nothing to train"):
         train(tmp_path / "zero", epochs=0)
+    # a config's own epochs is checked even where --max-steps would stop the run first
+    with pytest.raises(ConfigError, match="epochs must be a positive integer, got -1"):
+        train(tmp_path / "negative", tiny_model("vae-mlp", epochs=-1), max_steps=1)
+    assert not (tmp_path / "negative").exists()
 
 
 @pytest.mark.parametrize("fast_bf16", [True, False])

@@ -39,6 +39,9 @@ def check_recipe(cfg: Any) -> None:
     decay = cfg.ema_decay
     if decay is not None and not (is_number(decay) and 0 <= decay <= 1):
         problems.append(f"ema_decay must be a number in [0, 1] or null, got {decay!r}")
+    epochs = getattr(cfg, "epochs", None)  # not every model config has one
+    if epochs is not None and not (is_number(epochs, whole=True) and epochs >= 1):
+        problems.append(f"epochs must be a positive integer, got {epochs!r}")
     for name in ("optimizer", "lr_schedule"):
         if not isinstance(getattr(cfg, name), str):
             problems.append(f"{name} must be a name, got {getattr(cfg, name)!r}")
