@@ -56,13 +56,16 @@ def _special(kind: str, path: Path) -> object:
         return sock
     elif kind == "dangling link":
         path.symlink_to(path.parent / "missing.json")
+    elif kind == "link loop":
+        (path.parent / "other").symlink_to(path)
+        path.symlink_to(path.parent / "other")
     elif kind == "link to a folder":
         (path.parent / "target").mkdir()
         path.symlink_to(path.parent / "target")
     return None
 
 
-SPECIAL = ["folder", "fifo", "socket", "dangling link", "link to a folder"]
+SPECIAL = ["folder", "fifo", "socket", "dangling link", "link loop", "link to a folder"]
 
 
 @pytest.mark.parametrize("kind", SPECIAL)

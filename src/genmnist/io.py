@@ -70,7 +70,8 @@ def check_output(path: str | os.PathLike[str]) -> Path:
       (the link stays a link);
     * a character device (``/dev/null``) or a FIFO, directly or through a link: ``path``,
       written through with a plain write, never replaced;
-    * a folder, a socket, a block device or a dangling symbolic link: refused.
+    * a folder, a socket, a block device or a symbolic link that does not resolve
+      (dangling, or a loop): refused.
     """
     path = Path(path)
     try:
@@ -81,8 +82,14 @@ def check_output(path: str | os.PathLike[str]) -> Path:
                 f"{path} is a symbolic link to a missing file; not writing through it"
             ) from None
         return path
-    except OSError:  # not a folder on the way, no permission...: the write will say
-        return path
+    except OSError as exc:
+        if path.is_symlink():  # a loop of links, or one through a file: nothing to write to
+            reason = (exc.strerror or "does not resolve").lower()
+            raise GenmnistError(
+                f"{path} is a symbolic link that does not resolve ({reason}); "
+                "not writing through it"
+            ) from None
+        return path  # not a folder on the way, no permission...: the write will say
     mode = info.st_mode
     if stat.S_ISREG(mode):
         return Path(os.path.realpath(path)) if path.is_symlink() else path
