@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, env: dict[str, str], kept: dict[str, str]) -> 
         output = str(Path(tmp) / "samples.png")
         commands = {
             model: [sys.executable, "-m", "genmnist", "sample", model, "-n", str(args.n),
-                    "-o", output, "--seed", "0", *args.extra.split()]
+                    "-o", output, "--overwrite", "--seed", "0", *args.extra.split()]
             for model in args.models
         }  # fmt: skip
         environments = {model: env for model in commands}
