@@ -9,7 +9,9 @@ discriminator beside the new ``gan-sc``; ``cgan`` again for 15 epochs, ``gan-mlp
 a new recipe and a BatchNorm generator), or a fix of a sampler (``heun``'s first step on
 a cosine schedule).
 New shipped models add theirs; a change of a model's sampling defaults keeps the old
-digest under the old settings spelled out and adds one for the new defaults.
+digest under the old settings spelled out and adds one for the new defaults. Weights
+retrained on a machine of one kernel set have that set's digest only (None for the other,
+skipped) until they are sampled on a machine of the other kind.
 """
 
 from __future__ import annotations
@@ -69,9 +71,10 @@ REFERENCE = [
     ("fashion-mnist", "ddpm", {}, ("3333c5b667f692a5", "7cff041990564836")),
     ("fashion-mnist", "flow", {}, ("ce4ee85d03a56347", "bf0637229447603c")),
     ("fashion-mnist", "flow-cfg", {}, ("04ad0d2625fe363f", "dc8cc41d93dcaa50")),
-    ("fashion-mnist", "vae-conv", {}, ("a7be108b5129f720", "5bce2bb257c4da3f")),
+    # retrained with beta 0.1 on an AVX2-only machine: no AVX-512 digest recorded yet
+    ("fashion-mnist", "vae-conv", {}, (None, "c17acdbaa1c2c986")),
     ("fashion-mnist", "vae-gmm", {}, ("066ab7a330185723", "8bac2bb23904a0a3")),
-    ("fashion-mnist", "cvae", {}, ("139d039f61164916", "e41a4f3de1a86793")),
+    ("fashion-mnist", "cvae", {}, (None, "f5fd89e2b950acf9")),
     ("fashion-mnist", "dcgan", {}, ("d10dba029849f5ef", "2b1702a48012d344")),
     ("fashion-mnist", "cgan", {}, ("2d0c38f1fd4f8c76", "1723f8fd503a1a9f")),
 ]
@@ -83,6 +86,8 @@ def test_shipped_model_samples_are_unchanged(dataset, name, options, digests):
     if kernels not in KERNELS:
         pytest.skip(f"no digests recorded with {kernels} kernels")
     digest = dict(zip(KERNELS, digests, strict=True))[kernels]
+    if digest is None:
+        pytest.skip(f"these weights have no digest recorded with {kernels} kernels yet")
     torch.set_num_threads(1)
     model = genmnist.load(name, dataset=dataset)
     images = model.sample(6, seed=0, **options)
