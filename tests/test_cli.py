@@ -383,6 +383,9 @@ def test_outputs_that_exist_are_kept_without_overwrite(
     code, _, err = run_cli("compare", trained_folder, "-o", report)
     assert code == 2 and (report / "report.md").read_text() == "earlier report"
     assert_one_line_error(err, "already holds a report", "--overwrite")
+    code, _, err = run_cli("compare", trained_folder, "-o", result)  # a file, not a folder
+    assert code == 2 and result.read_text() == "{}"
+    assert_one_line_error(err, "--out", "is not a folder")
 
 
 @pytest.mark.parametrize(

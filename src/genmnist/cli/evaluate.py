@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -35,11 +36,13 @@ from genmnist.cli.common import (
     console,
     err_console,
     model_folder,
+    os_reason,
     progress_bar,
     resolve_model,
     sampling_options,
     sampling_usage,
 )
+from genmnist.errors import GenmnistError
 
 NumOption = Annotated[
     int,
@@ -202,6 +205,8 @@ def compare_command(
     check_dataset(dataset)
     from genmnist.metrics.report import REPORT_FILE
 
+    if os.path.lexists(out) and not out.is_dir():  # else found only after the evaluations
+        raise UsageProblem(f"--out: {out} is not a folder; give a folder for the report")
     if (out / REPORT_FILE).exists() and not overwrite:
         raise UsageProblem(f"--out: {out} already holds a report; pass --overwrite to replace it")
     earlier = _read_results(results_files or [])
@@ -250,9 +255,12 @@ def compare_command(
             ]
     for message in sorted({m for r in results for m in r.get("warnings", [])}):
         err.print(f"[yellow]warning[/]: {message}")
-    path = write_report(
-        out, labels, results, samples, curves, [src for _, _, src in loaded], charts=charts
-    )
+    try:
+        path = write_report(
+            out, labels, results, samples, curves, [src for _, _, src in loaded], charts=charts
+        )
+    except OSError as exc:
+        raise GenmnistError(f"cannot write the report: {os_reason(exc)}") from None
     _print_summary(labels, results)
     console().print(f"Report written to {path}")
 
