@@ -38,7 +38,7 @@ def export_command(
     ONNX or TorchScript, check it against PyTorch, and print its inputs and output."""
     check_dataset(dataset)
     fmt = fmt or _format_from_suffix(output)
-    from genmnist.export import EXPORT_FORMATS, check_export_target, export_model
+    from genmnist.export import EXPORT_FORMATS, export_model
 
     try:
         export_format = EXPORT_FORMATS.get(fmt)
@@ -46,11 +46,7 @@ def export_command(
         raise UsageProblem(f"--format: {str(exc).strip(chr(34))}") from None
     if export_format.require is not None:
         export_format.require()  # before loading anything: one line naming the extra
-    check_output_file(output, "--output", overwrite)
-    try:
-        check_export_target(output, overwrite)
-    except ConfigError as exc:
-        raise UsageProblem(f"--output: {exc}") from None
+    check_output_file(output, "--output", overwrite)  # export_model checks it again
     model = resolve_model(name, checkpoint, dataset).model
     try:
         result = export_model(model, output, fmt, overwrite=overwrite)
