@@ -325,6 +325,8 @@ def render_card(card: dict[str, Any], model: Any) -> list[str]:
         ("guide", "Autoguidance guide", ", attached with "
          "`python recipes/export.py RUN --guide GUIDE_RUN`"),
         ("distillation", *distillation),
+        ("fine_tuning", "Fine-tuning", ". It continued the run above with the training "
+         "task its recipe names"),
     )  # fmt: skip
     for key, title, remark in stages:
         stage = training.get(key)

@@ -29,6 +29,13 @@ the distillation's own:
     python recipes/export.py runs/fashion-mnist/ddpm-distill --dataset fashion-mnist --fp32 \
         --teacher runs/fashion-mnist/ddpm --guide runs/fashion-mnist/ddpm-guide
     python recipes/export.py runs/mnist/reflow --teacher runs/mnist/flow
+
+A fine-tuning run (a `genmnist.finetuning` task, recipe ``<model>.tune.json``, run folder
+``runs/<dataset>/<model>-tune``) is exported the same way, ``--teacher`` naming the main
+run it continued; its record goes on the card under ``fine_tuning``:
+
+    python recipes/export.py runs/fashion-mnist/cvae-tune --dataset fashion-mnist --fp32 \
+        --teacher runs/fashion-mnist/cvae
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from genmnist.run_folder import (
     read_metrics,
     read_task_record,
 )
+from genmnist.training import TRAINING_TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_ROOT = REPO / "src" / "genmnist" / "pretrained"
@@ -111,14 +119,17 @@ def main() -> None:
         "recipe is recipes/<dataset>/<model>.guide.json",
     )
     parser.add_argument(
-        "--teacher", type=Path, help="main run of a distilled model's teacher (see --guide)"
+        "--teacher",
+        type=Path,
+        help="main run of a distilled model's teacher (see --guide), or the run that a "
+        "fine-tuned model continued",
     )
     parser.add_argument("--out", type=Path, help="write the model to this folder instead (no card)")
     args = parser.parse_args()
 
     model = genmnist.load(args.run)
     task = (read_task_record(args.run) or {}).get("name", "data")
-    distilled = task != "data"  # guidance distillation, reflow: the run learnt a teacher
+    distilled = task != "data"  # distillation, reflow, fine-tuning: the run continued another
     if distilled != (args.teacher is not None):
         parser.error("--teacher names the teacher's run of a distilled model, and only that")
     teacher_name = saved_config(args.teacher)[0] if distilled else model.name
@@ -179,17 +190,20 @@ def main() -> None:
     )
     if distilled:
         # a guidance-distilled student shares its teacher's name (recipes/<name>.distill.json,
-        # runs/<name>-distill); a student of another name (reflow) has a recipe of its own
+        # runs/<name>-distill), as a fine-tuned model does (<name>.tune.json, <name>-tune);
+        # a student of another name (reflow) has a recipe of its own
+        tuned = TRAINING_TASKS.get(task).__module__.startswith("genmnist.finetuning")
+        key, suffix = ("fine_tuning", "tune") if tuned else ("distillation", "distill")
         same_name = teacher_name == model.name
         distill_recipe = recipes / (
-            f"{model.name}.distill.json" if same_name else f"{model.name}.json"
+            f"{model.name}.{suffix}.json" if same_name else f"{model.name}.json"
         )
-        card["training"]["distillation"] = training_record(
+        card["training"][key] = training_record(
             args.run,
             args.dataset,
             model.name,
             distill_recipe if distill_recipe.is_file() else None,
-            out=f"runs/{args.dataset}/{model.name}" + ("-distill" if same_name else ""),
+            out=f"runs/{args.dataset}/{model.name}" + (f"-{suffix}" if same_name else ""),
         )
     if args.guide is not None:
         guide_recipe = REPO / "recipes" / args.dataset / f"{model.name}.guide.json"

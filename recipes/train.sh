@@ -8,9 +8,12 @@
 # U-Net call per sampling step instead of two). With a guide, the teacher is the main run
 # plus its guide (runs/<dataset>/<model>-teacher); otherwise the main run itself (a
 # self-guided or class-conditional model guides itself).
+# A model with a <model>.tune.json recipe is then fine-tuned: in runs/<dataset>/<model>-tune
+# the training task its recipe names continues the main run (the adversarial decoder
+# tuning of the Fashion-MNIST VAEs); that folder holds the weights to export.
 set -euo pipefail
 dataset=${1:-mnist}; shift || true
-models=("$@"); [ ${#models[@]} -gt 0 ] || models=($(ls "recipes/$dataset" | grep -v -e '\.guide\.json$' -e '\.distill\.json$' | sed 's/\.json$//'))
+models=("$@"); [ ${#models[@]} -gt 0 ] || models=($(ls "recipes/$dataset" | grep -v -e '\.guide\.json$' -e '\.distill\.json$' -e '\.tune\.json$' | sed 's/\.json$//'))
 guide_steps=350  # measured best of 100/175/350/700 steps for the mnist ddpm
 train() {  # train MODEL OUT RECIPE [extra flags...]
   local model=$1 out=$2 recipe=$3; shift 3
@@ -35,5 +38,9 @@ for model in "${models[@]}"; do
         --guide "runs/$dataset/$model-guide" --out "runs/$dataset/$model-teacher"
     fi
     train "$model" "runs/$dataset/$model-distill" "$distill"
+  fi
+  tune="recipes/$dataset/$model.tune.json"
+  if [ -f "$tune" ]; then
+    train "$model" "runs/$dataset/$model-tune" "$tune"
   fi
 done

@@ -98,7 +98,9 @@ def test_card_summary_shows_training_and_metrics_beside_the_floor():
                      "command": "genmnist train vae-mlp --config r.json",
                      "guide": {"steps": 350, "seconds": 240, "command": "genmnist train g"},
                      "distillation": {"steps": 900, "seconds": 1200,
-                                      "command": "genmnist train d"}},
+                                      "command": "genmnist train d"},
+                     "fine_tuning": {"steps": 936, "seconds": 1440,
+                                     "command": "genmnist train t"}},
         "evaluation": {
             "command": "genmnist eval vae-mlp -n 10000",
             "metrics": {"n": 10000, "fid": 12.345, "fid_floor": 0.2, "acceptability": 0.5,
@@ -109,6 +111,7 @@ def test_card_summary_shows_training_and_metrics_beside_the_floor():
     assert "1,200 steps (2.0 epochs) in 10 min" in text
     assert "autoguidance guide: 350 steps, 4 min: genmnist train g" in text
     assert "distillation: 900 steps, 20 min: genmnist train d" in text
+    assert "fine-tuning: 936 steps, 24 min: genmnist train t" in text
     assert "FID 12.35 (real data 0.20)" in text
     assert "acceptability 50.0% (real data 98.0%)" in text
     assert "genmnist eval vae-mlp -n 10000" in text

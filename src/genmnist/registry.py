@@ -62,8 +62,8 @@ class Registry(Generic[T]):
         entry_point_group: If given, plugins are loaded from this entry-point group the
             first time the registry is queried.
         validate: Called with each plugin's object; raises ``TypeError`` to reject it.
-        builtins: Module imported on the first query, whose import registers the built-ins
-            (keeps ``import genmnist`` and ``genmnist --help`` light).
+        builtins: Module (or modules) imported on the first query, whose import registers
+            the built-ins (keeps ``import genmnist`` and ``genmnist --help`` light).
     """
 
     def __init__(
@@ -71,10 +71,10 @@ class Registry(Generic[T]):
         kind: str,
         entry_point_group: str | None = None,
         validate: Callable[[Any], None] | None = None,
-        builtins: str | None = None,
+        builtins: str | tuple[str, ...] | None = None,
     ) -> None:
         self.kind = kind
-        self._builtins = builtins
+        self._builtins = (builtins,) if isinstance(builtins, str) else builtins
         self._entries: dict[str, Entry[T]] = {}
         self._broken: dict[str, str] = {}  # name -> why it cannot be used
         self._entry_point_group = entry_point_group
@@ -196,8 +196,9 @@ class Registry(Generic[T]):
 
     def _load_plugins(self) -> None:
         if self._builtins is not None:
-            module, self._builtins = self._builtins, None
-            importlib.import_module(module)
+            modules, self._builtins = self._builtins, None
+            for module in modules:
+                importlib.import_module(module)
         if self._plugins_loaded:
             return
         self._plugins_loaded = True

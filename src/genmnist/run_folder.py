@@ -399,14 +399,16 @@ def _finite_number(value: Any) -> bool:
 @dataclass
 class TrainingState:
     """What a checkpoint holds besides its header: state dicts of the model, its weight
-    average (None without EMA), the optimizers and schedulers by phase, and the global
-    torch RNG state."""
+    average (None without EMA), the optimizers and schedulers by phase, the global
+    torch RNG state, and the networks the training task trains beside the model (None
+    when it has none)."""
 
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor] | None
     optimizers: dict[str, Any]
     schedulers: dict[str, Any]
     rng: torch.Tensor
+    task: dict[str, torch.Tensor] | None = None
 
 
 def write_checkpoint(folder: PathLike, header: dict[str, Any], state: TrainingState) -> Path:
@@ -424,6 +426,8 @@ def write_checkpoint(folder: PathLike, header: dict[str, Any], state: TrainingSt
     tensors.update({f"model.{k}": v for k, v in state.model.items()})
     if state.ema is not None:
         tensors.update({f"ema.{k}": v for k, v in state.ema.items()})
+    if state.task is not None:
+        tensors.update({f"task.{k}": v for k, v in state.task.items()})
     for key, value in tensors.items():  # a finite loss can still give a step to inf
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise TrainingError(
@@ -448,9 +452,11 @@ class Checkpoint:
         ema: torch.nn.Module | None,
         optimizers: dict[str, torch.optim.Optimizer],
         schedulers: dict[str, Any],
+        task_networks: torch.nn.Module | None = None,
     ) -> None:
-        """Load the weights, weight average, optimizer and scheduler states and the torch
-        RNG state, each checked against the live object first.
+        """Load the weights, weight average, optimizer and scheduler states, the torch
+        RNG state and the training task's own networks, each checked against the live
+        object first.
 
         Raises:
             CheckpointError: naming the file, for anything that does not fit.
@@ -465,6 +471,11 @@ class Checkpoint:
 
         try:
             model.load_state_dict(part("model."))
+            if task_networks is not None:
+                cut = len("task.")
+                task_networks.load_state_dict(
+                    {k[cut:]: v for k, v in tensors.items() if k.startswith("task.")}
+                )
             if ema is not None:  # AveragedModel: the model's names behind "module."
                 averaged = part("ema.module.")
                 rest = {k[4:]: v for k, v in tensors.items()

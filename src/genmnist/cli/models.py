@@ -124,7 +124,11 @@ def card_summary(card: dict) -> str:
             f"{_text(training.get('machine', 'CPU'))}"
         )
         lines.append(f"  recipe: {_text(training.get('command'))}")
-        for key, title in (("guide", "autoguidance guide"), ("distillation", "distillation")):
+        for key, title in (
+            ("guide", "autoguidance guide"),
+            ("distillation", "distillation"),
+            ("fine_tuning", "fine-tuning"),
+        ):
             stage = _object(training.get(key))
             if stage:
                 lines.append(

@@ -259,7 +259,7 @@ class Trainer:
         plan = self._plan()
         self.model.to(self.device).train()
         self.task.prepare(self.model, self.dataset, self.options.resume)
-        self.optimizers, self.schedulers = build_optimizers(self.model, plan.total_steps)
+        self.optimizers, self.schedulers = build_optimizers(self.model, plan.total_steps, self.task)
         self.ema = weight_average(self.model) if self.rank == 0 else None  # rank 0 exports
         if self.options.compile:  # after the weight average copied the plain model
             compile_model(self.model)
@@ -288,7 +288,7 @@ class Trainer:
         )
         header = saved.header
         check_same_task(header.get("task"), self.task, saved.path)
-        saved.restore(self.model, self.ema, self.optimizers, self.schedulers)
+        saved.restore(self.model, self.ema, self.optimizers, self.schedulers, self.task.networks())
         step = int(header["step"])
         if header.get("dataset", opts.dataset) != opts.dataset:
             raise CheckpointError(
@@ -419,6 +419,7 @@ class Trainer:
 
 def _checkpoint(trainer: Trainer, step: int) -> tuple[dict[str, Any], run_folder.TrainingState]:
     """The header and the state of the checkpoint of ``step``."""
+    networks = trainer.task.networks()
     header = {
         "model": trainer.model.name,
         "config": trainer.model.config.to_dict(),
@@ -435,6 +436,7 @@ def _checkpoint(trainer: Trainer, step: int) -> tuple[dict[str, Any], run_folder
         optimizers={k: v.state_dict() for k, v in trainer.optimizers.items()},
         schedulers={k: v.state_dict() for k, v in trainer.schedulers.items()},
         rng=torch.get_rng_state(),
+        task=None if networks is None else networks.state_dict(),
     )
     return header, state
 

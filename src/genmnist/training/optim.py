@@ -12,6 +12,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from genmnist.models.base import GenerativeModel
 from genmnist.registry import Registry
+from genmnist.training.task import TrainingTask
 
 #: Optimizer classes by name; the model config's ``optimizer`` field picks one.
 OPTIMIZERS: Registry = Registry("optimizer")
@@ -48,18 +49,19 @@ def linear_schedule(step: int, total_steps: int, warmup_steps: int = 0) -> float
 
 
 def build_optimizers(
-    model: GenerativeModel, total_steps: int
+    model: GenerativeModel, total_steps: int, task: TrainingTask | None = None
 ) -> tuple[dict[str, torch.optim.Optimizer], dict[str, torch.optim.lr_scheduler.LambdaLR]]:
-    """One optimizer and learning-rate scheduler per entry of the model's
-    `optimizer_groups`, in its order, as the config's recipe says (with the model's
-    per-phase `optimizer_options`)."""
+    """One optimizer and learning-rate scheduler per entry of the training task's
+    `~genmnist.training.TrainingTask.optimizer_groups` (by default the model's), in its
+    order, as the config's recipe says (with the per-phase ``optimizer_options``)."""
     cfg = model.config
+    task = task if task is not None else TrainingTask()
     optimizers, schedulers = {}, {}
-    for phase, params in model.optimizer_groups().items():
+    for phase, params in task.optimizer_groups(model).items():
         settings: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
         if cfg.optimizer in ("adam", "adamw"):
             settings["betas"] = tuple(cfg.betas)
-        settings.update(model.optimizer_options(phase))
+        settings.update(task.optimizer_options(model, phase))
         optimizer = OPTIMIZERS.create(cfg.optimizer, params=list(params), **settings)
         schedule = functools.partial(
             LR_SCHEDULES.get(cfg.lr_schedule),

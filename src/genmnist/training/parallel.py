@@ -49,6 +49,7 @@ class TaskLoss(torch.nn.Module):
         super().__init__()
         self.model = model
         self.task = task
+        self.task_networks = task.networks()  # registered here, so DDP syncs them too
 
     def forward(self, images, labels, step: int, phase: str):
         return self.task.loss(self.model, images, labels, step, phase)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from genmnist.errors import CheckpointError
 from genmnist.registry import Registry
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from genmnist.models.base import GenerativeModel
 
 #: Training tasks by name; a checkpoint's task record names one.
-TRAINING_TASKS: Registry = Registry("training task", builtins="genmnist.distillation")
+TRAINING_TASKS: Registry = Registry(
+    "training task", builtins=("genmnist.distillation", "genmnist.finetuning")
+)
 
 
 @TRAINING_TASKS.register("data")
@@ -43,6 +45,25 @@ class TrainingTask:
         """Called once before the optimizers are built (see
         `GenerativeModel.prepare_training`, which the default calls)."""
         model.prepare_training(data, resume)
+
+    def networks(self) -> nn.Module | None:
+        """Networks the task trains beside the model (a discriminator, say), or None.
+
+        They are checkpointed with the run (under ``task.``) and restored by ``--resume``,
+        but not exported: the run's weights stay those of the model alone. `prepare`
+        creates them on the model's device."""
+        return None
+
+    def optimizer_groups(self, model: GenerativeModel) -> dict[str, Any]:
+        """Parameters per optimizer, in the order the trainer steps them; `loss` is called
+        once per group with ``phase`` set to its name. Default: the model's own
+        (`GenerativeModel.optimizer_groups`)."""
+        return model.optimizer_groups()
+
+    def optimizer_options(self, model: GenerativeModel, phase: str) -> dict[str, Any]:
+        """Per-phase overrides of the optimizer settings. Default: the model's own
+        (`GenerativeModel.optimizer_options`)."""
+        return model.optimizer_options(phase)
 
     def loss(
         self, model: GenerativeModel, images: Tensor, labels: Tensor, step: int, phase: str
