@@ -44,8 +44,11 @@ def test_the_task_is_registered_and_rebuilds_from_its_record():
             AdversarialDecoderTuning("runs/vae", **bad)
     with pytest.raises(ConfigError, match="base"):
         AdversarialDecoderTuning(" ")
-    with pytest.raises(ConfigError, match="name"):
-        AdversarialDecoderTuning("runs/vae", discriminator={"hidden_dims": [4]})
+    for spec in ({"hidden_dims": [4]}, "conv", ["conv"]):
+        with pytest.raises(ConfigError, match="name"):
+            AdversarialDecoderTuning("runs/vae", discriminator=spec)
+    with pytest.raises(ConfigError, match="loss"):
+        AdversarialDecoderTuning("runs/vae", loss=3)
     with pytest.raises(Exception, match="no-such"):
         AdversarialDecoderTuning("runs/vae", discriminator={"name": "no-such"})
     with pytest.raises(Exception, match="no-such"):
@@ -102,6 +105,10 @@ def test_the_base_must_be_the_same_vae(tmp_path, tiny_dataset):
     task = AdversarialDecoderTuning(base_dir, discriminator=SMALL_D)
     with pytest.raises(ConfigError, match="latent_dim"):
         task.prepare(_tuned_model(latent_dim=6), tiny_dataset, False)
+    for options in ({"hidden_dims": "wide"}, {"no_such_option": 1}, {"num_classes": 3}):
+        wrong = AdversarialDecoderTuning(base_dir, discriminator={"name": "conv", **options})
+        with pytest.raises(ConfigError, match="discriminator"):
+            wrong.prepare(_tuned_model(), tiny_dataset, False)
     with pytest.raises(ConfigError, match="trains a VAE"):
         task.prepare(create_model("dcgan"), tiny_dataset, False)
     with pytest.raises(CheckpointError, match="base"):
@@ -139,3 +146,22 @@ def test_the_discriminator_sees_reconstructions_and_prior_samples(tmp_path, tiny
     assert any(p.grad is not None for p in model.decoder.parameters())
     with pytest.raises(ConfigError, match="phases"):
         task.loss(model, images, labels, 0, "model")
+
+
+def test_cli_trains_and_resumes_a_tuning_run(run_cli, tmp_path, idx_root, tiny_dataset):
+    base_dir = _base(tmp_path, tiny_dataset)
+    recipe = tmp_path / "tune.json"
+    task = {"name": "adversarial-decoder", "base": str(base_dir), "discriminator": SMALL_D}
+    recipe.write_text(json.dumps({**TINY_CVAE, "batch_size": 16, "task": task}))
+    out = tmp_path / "tuned"
+    base = ["train", "cvae", "--data-dir", idx_root, "--out", out, "--quiet", "--device", "cpu"]
+    code, _, err = run_cli(*base, "--config", recipe, "--max-steps", "2")
+    assert code == 0, err
+    code, _, err = run_cli(*base, "--resume", "--max-steps", "3")
+    assert code == 0 and "Resumed" in err, err
+    assert load(out).config.latent_dim == TINY_CVAE["latent_dim"]
+    bad = ["train", "cvae", "--data-dir", idx_root, "--out", tmp_path / "bad", "--quiet"]
+    for wrong in ({"weight": -1}, {"discriminator": "conv"}, {"base": str(tmp_path / "no")}):
+        recipe.write_text(json.dumps({**TINY_CVAE, "task": {**task, **wrong}}))
+        code, _, err = run_cli(*bad, "--config", recipe, "--overwrite")
+        assert code != 0 and len(err.strip().splitlines()) == 1, err

@@ -64,7 +64,7 @@ class AdversarialDecoderTuning(TrainingTask):
     def __init__(
         self,
         base: str,
-        weight: float = 10.0,
+        weight: float = 2.0,
         prior_share: float = 0.5,
         loss: str = "hinge",
         discriminator: dict[str, Any] | None = None,
@@ -73,13 +73,20 @@ class AdversarialDecoderTuning(TrainingTask):
             raise ConfigError("adversarial decoder tuning needs a base: a VAE folder or name")
         for field, value, top in (("weight", weight, math.inf), ("prior_share", prior_share, 1)):
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{field} must be a number, got {value!r}")
-            if not (0 <= value <= top) or not math.isfinite(value):
-                raise ConfigError(f"{field} must be a finite number in [0, {top}], got {value}")
+                raise ConfigError(f"{field} must be a number, got {value!r}"[:200])
+            if not (math.isfinite(value) and 0 <= value <= top):
+                bounds = "0 or more" if top == math.inf else f"from 0 to {top}"
+                raise ConfigError(f"{field} must be a finite number {bounds}, got {value}")
+        if not isinstance(loss, str):
+            raise ConfigError(f"loss must be the name of a GAN loss, got {loss!r}"[:200])
         self.objective = GAN_LOSSES.get(loss)
-        spec = dict(DEFAULT_DISCRIMINATOR if discriminator is None else discriminator)
-        if not isinstance(spec.get("name"), str):
-            raise ConfigError("discriminator: give its 'name' (e.g. 'conv') and its options")
+        spec = DEFAULT_DISCRIMINATOR if discriminator is None else discriminator
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ConfigError(
+                "discriminator: an object with its 'name' (e.g. 'conv') and its options, "
+                f"got {spec!r}"[:200]
+            )
+        spec = dict(spec)
         DISCRIMINATORS.get(spec["name"])  # an unknown name fails before any training
         self.base, self.weight, self.prior_share = base, float(weight), float(prior_share)
         self.loss_name, self.discriminator_spec = loss, spec
@@ -134,8 +141,8 @@ class AdversarialDecoderTuning(TrainingTask):
             self.discriminator = DISCRIMINATORS.create(
                 self.discriminator_spec["name"], num_classes=model.config.num_classes, **options
             ).to(model.device)
-        except TypeError as exc:
-            raise ConfigError(f"discriminator: {exc}") from None
+        except (TypeError, ValueError) as exc:  # options of the wrong name or type
+            raise ConfigError(f"discriminator: {exc}"[:300]) from None
         if not resume:
             model.load_state_dict(base.state_dict())
         model.encoder.requires_grad_(False)
