@@ -55,13 +55,19 @@ def test_the_task_is_registered_and_rebuilds_from_its_record():
         AdversarialDecoderTuning("runs/vae", loss="no-such")
 
 
-def test_tuning_moves_only_the_decoder_and_checkpoints_the_discriminator(tmp_path, tiny_dataset):
+def test_tuning_moves_only_the_decoder_and_checkpoints_the_discriminator(
+    tmp_path, tiny_dataset, monkeypatch
+):
     base_dir = _base(tmp_path, tiny_dataset)
     base = load(base_dir)
     model = _tuned_model()
     task = AdversarialDecoderTuning(str(base_dir), weight=10.0, discriminator=SMALL_D)
     options = TrainOptions(out=tmp_path / "tuned", max_steps=6, progress=False, device="cpu")
+    refits = []  # the prior is kept as the base fitted it, not refitted to the same codes
+    monkeypatch.setattr(type(model), "finish_training", lambda *args: refits.append(1))
     Trainer(model, options, dataset=tiny_dataset, log=lambda line: None, task=task).fit()
+    monkeypatch.undo()
+    assert refits == []
 
     tuned = load(tmp_path / "tuned")  # an ordinary cvae: no discriminator in its weights
     assert type(tuned) is type(base) and not any("discriminator" in k for k in tuned.state_dict())

@@ -42,9 +42,9 @@ class AdversarialDecoderTuning(TrainingTask):
     """Fine-tune the decoder of a trained VAE with its reconstruction loss plus
     ``weight`` times a GAN loss (hinge by default).
 
-    The model being trained must have the base model's config (it starts from its
-    weights); its encoder is frozen and kept in eval mode, and its prior is left as
-    fitted (training refits it at the end to the unchanged codes). Each step, the
+    The model being trained must have the base model's architecture (it starts from its
+    weights); its encoder is frozen and kept in eval mode, and its prior is kept as the
+    base fitted it (not refitted when training ends: the codes did not change). Each step, the
     discriminator sees a batch of real images against the decoder's reconstructions of
     them and ``prior_share`` as many images decoded from the prior at the model's
     temperature; then the decoder minimises the reconstruction loss plus the weighted
@@ -105,6 +105,10 @@ class AdversarialDecoderTuning(TrainingTask):
 
     def networks(self) -> nn.Module | None:
         return self.discriminator
+
+    def finish(self, model: GenerativeModel, data: InMemoryDataset) -> None:
+        """Nothing: the encoder did not move, so the prior fitted to its codes still fits
+        (a 1000-component mixture takes minutes to refit to the same result)."""
 
     def optimizer_groups(self, model: GenerativeModel) -> dict[str, Any]:
         if self.discriminator is None:

@@ -349,10 +349,11 @@ class Trainer:
         return step, metrics, False
 
     def _finish(self) -> None:
-        """The model's `finish_training` hook, on the weights that are exported."""
+        """The task's `TrainingTask.finish` (by default the model's `finish_training`
+        hook), on the weights that are exported."""
         exported = self.ema.module if self.ema is not None else self.model
         with evaluating(exported):
-            exported.finish_training(self.dataset)
+            self.task.finish(exported, self.dataset)
 
     def _train_step(self, images, labels, step, autocast) -> dict[str, float] | None:
         """One optimizer step per phase; the logged losses, or None for a skipped step."""

@@ -46,6 +46,11 @@ class TrainingTask:
         `GenerativeModel.prepare_training`, which the default calls)."""
         model.prepare_training(data, resume)
 
+    def finish(self, model: GenerativeModel, data: InMemoryDataset) -> None:
+        """Called once after the last step, on the weights that are exported, in eval
+        mode (see `GenerativeModel.finish_training`, which the default calls)."""
+        model.finish_training(data)
+
     def networks(self) -> nn.Module | None:
         """Networks the task trains beside the model (a discriminator, say), or None.
 
