@@ -111,9 +111,15 @@ def test_the_base_must_be_the_same_vae(tmp_path, tiny_dataset):
     task = AdversarialDecoderTuning(base_dir, discriminator=SMALL_D)
     with pytest.raises(ConfigError, match="latent_dim"):
         task.prepare(_tuned_model(latent_dim=6), tiny_dataset, False)
-    for options in ({"hidden_dims": "wide"}, {"no_such_option": 1}, {"num_classes": 3}):
+    for options, message in (
+        ({"hidden_dims": "wide"}, "discriminator"),
+        ({"no_such_option": 1}, "discriminator"),
+        ({"num_classes": 3}, "discriminator"),
+        ({"name": "mlp", "image_shape": [1, 5, 5]}, "discriminator cannot take"),
+        ({"hidden_dims": [10**8]}, "training the discriminator needs about .* of memory"),
+    ):
         wrong = AdversarialDecoderTuning(base_dir, discriminator={"name": "conv", **options})
-        with pytest.raises(ConfigError, match="discriminator"):
+        with pytest.raises(ConfigError, match=message):
             wrong.prepare(_tuned_model(), tiny_dataset, False)
     with pytest.raises(ConfigError, match="trains a VAE"):
         task.prepare(create_model("dcgan"), tiny_dataset, False)

@@ -20,8 +20,9 @@ from torch import nn
 
 from genmnist.errors import CheckpointError, ConfigError
 from genmnist.losses import GAN_LOSSES, RECONSTRUCTION_LOSSES
+from genmnist.models.base import IMAGE_SHAPE
 from genmnist.nn import DISCRIMINATORS
-from genmnist.training.task import TRAINING_TASKS, TrainingTask
+from genmnist.training.task import TRAINING_TASKS, TrainingTask, build_task_network
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
@@ -140,13 +141,19 @@ class AdversarialDecoderTuning(TrainingTask):
         if problem := model.config.first_difference(base.config, SAME_NETWORK):
             raise ConfigError(f"adversarial decoder tuning base '{self.base}': {problem}")
         model.prepare_training(data, resume)
-        options = {k: v for k, v in self.discriminator_spec.items() if k != "name"}
-        try:
-            self.discriminator = DISCRIMINATORS.create(
-                self.discriminator_spec["name"], num_classes=model.config.num_classes, **options
-            ).to(model.device)
-        except (TypeError, ValueError) as exc:  # options of the wrong name or type
-            raise ConfigError(f"discriminator: {exc}"[:300]) from None
+        num_classes = model.config.num_classes
+
+        def probe(discriminator: nn.Module) -> None:
+            images = torch.zeros(2, *IMAGE_SHAPE, device=model.device)
+            labels = torch.zeros(2, dtype=torch.long, device=model.device)
+            logits = discriminator(images, labels if num_classes else None)
+            if logits.numel() != 2:
+                raise ValueError(f"it gave outputs of shape {tuple(logits.shape)}")
+
+        self.discriminator = build_task_network(
+            DISCRIMINATORS, "discriminator", self.discriminator_spec, model.device, probe,
+            num_classes=num_classes,
+        )  # fmt: skip
         if not resume:
             model.load_state_dict(base.state_dict())
         model.encoder.requires_grad_(False)

@@ -318,13 +318,29 @@ class GAN(ConditionedModel, GenerativeModel):
     def _generator_loss(
         self, batch: int, labels: torch.Tensor | None, step: int
     ) -> dict[str, torch.Tensor]:
+        fakes, labels = self.step_fakes(batch, labels, step)
+        return self.generator_loss(fakes, labels)
+
+    def step_fakes(
+        self, batch: int, labels: torch.Tensor | None, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The generator's images ``(fakes in [-1, 1] with their graph, their labels)`` for
+        the generator phase of ``step``: those the discriminator phase of the same step
+        drew (each is handed out once), else ``batch`` new ones for ``labels``."""
         if self._fakes is not None and self._fakes[0] == step:
             _, fakes, labels = self._fakes
         else:  # called without the discriminator phase first: draw new fakes
             z = torch.randn(batch, self.config.latent_dim, device=self.device)
             fakes = self.generate_images(z, labels)
         self._fakes = None
-        self.discriminator.requires_grad_(False)  # no gradients for D in G's step
+        return fakes, labels
+
+    def generator_loss(
+        self, fakes: torch.Tensor, labels: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """The generator's adversarial loss on ``fakes`` (in ``[-1, 1]``), with no
+        gradient reaching the discriminator's weights."""
+        self.discriminator.requires_grad_(False)
         try:
             fake_logits = self._critic(fakes, labels)
         finally:

@@ -39,7 +39,7 @@ from genmnist.training.optim import (
 )
 from genmnist.training.options import TrainingInterrupted, TrainOptions, TrainResult
 from genmnist.training.parallel import QUIET_DELAY, StepConsensus, step_consensus
-from genmnist.training.task import TRAINING_TASKS, TrainingTask
+from genmnist.training.task import TRAINING_TASKS, TrainingTask, build_task_network
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -55,6 +55,7 @@ __all__ = [
     "Trainer",
     "TrainingInterrupted",
     "TrainingTask",
+    "build_task_network",
     "constant_schedule",
     "cosine_schedule",
     "linear_schedule",

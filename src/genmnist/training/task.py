@@ -11,12 +11,14 @@ with; exported weights and ``config.json`` stay those of the model alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
-from genmnist.errors import CheckpointError
+from genmnist.errors import CheckpointError, ConfigError
 from genmnist.registry import Registry
 
 if TYPE_CHECKING:
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 
 #: Training tasks by name; a checkpoint's task record names one.
 TRAINING_TASKS: Registry = Registry(
-    "training task", builtins=("genmnist.distillation", "genmnist.finetuning")
+    "training task",
+    builtins=("genmnist.distillation", "genmnist.finetuning", "genmnist.objectives"),
 )
 
 
@@ -120,3 +123,48 @@ def check_same_task(saved: dict[str, Any] | None, task: TrainingTask, path: Path
             f"{path}: the run was trained with the task {saved}, not {task.record()}; "
             "resume it with its own task"
         )
+
+
+#: A task network's weights, gradients and two Adam moments: four copies of the weights.
+TRAINED_COPIES = 4
+
+
+def build_task_network(
+    registry: Registry,
+    what: str,
+    spec: dict[str, Any],
+    device: torch.device | str,
+    probe: Callable[[nn.Module], Any],
+    **fixed: Any,
+) -> nn.Module:
+    """The network a task's recipe asks for (``spec``: its ``name`` in ``registry`` and its
+    options; ``fixed``: the arguments the task decides), checked before training.
+
+    The checks turn what a recipe could get wrong into one-line `ConfigError` messages that
+    start with ``what``: options of the wrong name or type, a network too large for the
+    available memory (measured on the meta device, before anything is allocated), and a
+    network that cannot take the model's images (``probe`` runs it once, without
+    gradients, and raises on a wrong output).
+    """
+    from genmnist.memory import check_fits
+
+    options = {k: v for k, v in spec.items() if k != "name"}
+
+    def create() -> nn.Module:
+        try:
+            return registry.create(spec["name"], **fixed, **options)
+        except (TypeError, ValueError) as exc:  # options of the wrong name or type
+            raise ConfigError(f"{what}: {exc}"[:300]) from None
+
+    with torch.device("meta"):
+        meta = create()
+    nbytes = sum(t.numel() * t.element_size() for t in meta.state_dict().values())
+    check_fits(TRAINED_COPIES * nbytes, f"training the {what}", "make its layers smaller")
+    network = create().to(device)
+    try:
+        with torch.no_grad():
+            probe(network)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{what} cannot take the model's images: {first}"[:300]) from None
+    return network
