@@ -36,6 +36,11 @@ run it continued; its record goes on the card under ``fine_tuning``:
 
     python recipes/export.py runs/fashion-mnist/cvae-tune --dataset fashion-mnist --fp32 \
         --teacher runs/fashion-mnist/cvae
+
+A teacher folder without a checkpoint (a shipped model copied out of the package before
+its student replaces it) gives the training record on its own card. A run trained with
+an objective (a `genmnist.objectives` task, in the model's own recipe) continued nothing
+and is exported like any run.
 """
 
 from __future__ import annotations
@@ -129,7 +134,9 @@ def main() -> None:
 
     model = genmnist.load(args.run)
     task = (read_task_record(args.run) or {}).get("name", "data")
-    distilled = task != "data"  # distillation, reflow, fine-tuning: the run continued another
+    # distillation, reflow, fine-tuning: the run continued another; an objective
+    # (genmnist.objectives) trains from scratch, its recipe the model's own
+    distilled = task != "data" and not continues_nothing(task)
     if distilled != (args.teacher is not None):
         parser.error("--teacher names the teacher's run of a distilled model, and only that")
     teacher_name = saved_config(args.teacher)[0] if distilled else model.name
@@ -181,7 +188,9 @@ def main() -> None:
         model=model.name,
         dataset=args.dataset,
         weights={"dtype": storage, "parameters": model.num_parameters()},
-        training=training_record(
+        training=shipped_training_record(args.teacher)
+        if distilled and read_header(args.teacher) is None
+        else training_record(
             args.teacher if distilled else args.run,
             args.dataset,
             teacher_name,
@@ -221,6 +230,23 @@ def main() -> None:
         card.pop("sweeps", None)
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     print(f"{card_path}: training record written; run recipes/cards.py to evaluate")
+
+
+def shipped_training_record(folder: Path) -> dict:
+    """The main training record on the card of a shipped model copied to ``folder`` (a
+    teacher whose run folder is gone, its weights being the shipped ones), without the
+    records of what continued it."""
+    card = folder / "card.json"
+    record = json.loads(card.read_text()).get("training") if card.is_file() else None
+    if not isinstance(record, dict):
+        raise SystemExit(f"{folder}: no training checkpoint, and no card with a training record")
+    return {k: v for k, v in record.items() if k not in ("distillation", "fine_tuning", "guide")}
+
+
+def continues_nothing(task: str) -> bool:
+    """Whether the training task ``task`` trains a model from scratch (an objective beside
+    the model's own loss) rather than continuing another model's run."""
+    return TRAINING_TASKS.get(task).__module__.startswith("genmnist.objectives")
 
 
 def thinned_log(records: list[dict], most: int = SHIPPED_LOG_RECORDS) -> list[dict]:

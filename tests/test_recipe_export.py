@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from genmnist.metrics.stability import training_time
 from genmnist.run_folder import read_metrics
 
@@ -53,3 +55,20 @@ def test_shipped_logs_are_thinned():
         records = read_metrics(log)
         assert len(records) <= most + 10, f"{log}: re-export it (recipes/export.py)"
         assert all(json.loads(line) for line in log.read_text().splitlines())
+
+
+def test_only_runs_that_continued_another_need_a_teacher():
+    continues_nothing = _export_module().continues_nothing
+    assert continues_nothing("auxiliary-classifier")  # an objective: trained from scratch
+    for task in ("guidance-distillation", "reflow", "adversarial-decoder"):
+        assert not continues_nothing(task), task
+
+
+def test_a_shipped_teacher_gives_the_training_record_on_its_card(tmp_path):
+    shipped_training_record = _export_module().shipped_training_record
+    main = {"command": "genmnist train ddpm-cfg", "steps": 1872, "seed": 42}
+    card = {"training": {**main, "distillation": {"steps": 1}, "fine_tuning": {"steps": 2}}}
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    assert shipped_training_record(tmp_path) == main
+    with pytest.raises(SystemExit, match="no card"):
+        shipped_training_record(tmp_path / "elsewhere")
