@@ -7,7 +7,8 @@ retrained with a mixture prior and later for twice as long, ``cvae`` again with 
 times the mixture components, and ``dcgan`` and ``cgan`` retrained with a minibatch-std
 discriminator beside the new ``gan-sc``; ``cgan`` again for 15 epochs, ``gan-mlp`` with
 a new recipe and a BatchNorm generator, the Fashion-MNIST ``vae-conv`` and ``cvae`` with
-their decoders tuned against a discriminator), or a fix of a sampler (``heun``'s first step on
+their decoders tuned against a discriminator, ``cgan`` with an auxiliary classifier), or a
+fix of a sampler (``heun``'s first step on
 a cosine schedule).
 New shipped models add theirs; a change of a model's sampling defaults keeps the old
 digest under the old settings spelled out and adds one for the new defaults. Weights
@@ -35,7 +36,8 @@ KERNELS = ("AVX512", "AVX2")
 EVERYWHERE = {"guidance_interval": (float("-inf"), float("inf")), "spacing": "uniform"}
 
 REFERENCE = [
-    ("mnist", "cgan", {}, ("41826949f3278793", "4fe7702ff86ae682")),
+    # trained with an auxiliary classifier on an AVX2-only machine: no AVX-512 digest yet
+    ("mnist", "cgan", {}, (None, "31426532cfbdfbc2")),
     ("mnist", "cvae", {}, ("a74ccdac8d5f44c3", "23380990380753cf")),
     ("mnist", "dcgan", {}, ("95b29c755c5b7576", "8c32917c21ef29c1")),
     ("mnist", "gan-sc", {}, ("6a43b936afa3e21c", "231cf96c1359259b")),
