@@ -116,6 +116,10 @@ def test_card_summary_shows_training_and_metrics_beside_the_floor():
     assert "acceptability 50.0% (real data 98.0%)" in text
     assert "genmnist eval vae-mlp -n 10000" in text
     assert _card_summary({}) == ""
+    objective = {"training": {"recipe": {"task": {"name": "auxiliary-classifier", "weight": 0.5}}}}
+    assert "training task: auxiliary-classifier (weight 0.5)" in _card_summary(objective)
+    damaged = {"training": {"recipe": {"task": {"name": ["x"], "weight": {"a": 1}}}}}
+    assert "training task: ? (weight ?)" in _card_summary(damaged)
 
 
 def test_info_prints_the_card(capsys):

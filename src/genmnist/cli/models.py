@@ -124,6 +124,12 @@ def card_summary(card: dict) -> str:
             f"{_text(training.get('machine', 'CPU'))}"
         )
         lines.append(f"  recipe: {_text(training.get('command'))}")
+        task = _object(_object(training.get("recipe")).get("task"))
+        if task:  # an objective beside the model's own loss, trained from scratch
+            options = ", ".join(f"{k} {_text(v)}" for k, v in task.items() if k != "name")
+            lines.append(
+                f"  training task: {_text(task.get('name'))}" + (f" ({options})" * bool(options))
+            )
         for key, title in (
             ("guide", "autoguidance guide"),
             ("distillation", "distillation"),
