@@ -22,7 +22,12 @@ from genmnist.errors import CheckpointError, ConfigError
 from genmnist.losses import GAN_LOSSES, RECONSTRUCTION_LOSSES
 from genmnist.models.base import IMAGE_SHAPE
 from genmnist.nn import DISCRIMINATORS
-from genmnist.training.task import TRAINING_TASKS, TrainingTask, build_task_network
+from genmnist.training.task import (
+    TRAINING_TASKS,
+    TrainingTask,
+    build_task_network,
+    check_network_spec,
+)
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
@@ -81,14 +86,11 @@ class AdversarialDecoderTuning(TrainingTask):
         if not isinstance(loss, str):
             raise ConfigError(f"loss must be the name of a GAN loss, got {loss!r}"[:200])
         self.objective = GAN_LOSSES.get(loss)
-        spec = DEFAULT_DISCRIMINATOR if discriminator is None else discriminator
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise ConfigError(
-                "discriminator: an object with its 'name' (e.g. 'conv') and its options, "
-                f"got {spec!r}"[:200]
-            )
-        spec = dict(spec)
-        DISCRIMINATORS.get(spec["name"])  # an unknown name fails before any training
+        spec = check_network_spec(
+            DISCRIMINATORS,
+            "discriminator",
+            DEFAULT_DISCRIMINATOR if discriminator is None else discriminator,
+        )
         self.base, self.weight, self.prior_share = base, float(weight), float(prior_share)
         self.loss_name, self.discriminator_spec = loss, spec
         self.discriminator: nn.Module | None = None

@@ -24,7 +24,12 @@ from genmnist.errors import ConfigError
 from genmnist.models.base import IMAGE_SHAPE
 from genmnist.nn import ENCODERS
 from genmnist.nn.modes import evaluating
-from genmnist.training.task import TRAINING_TASKS, TrainingTask, build_task_network
+from genmnist.training.task import (
+    TRAINING_TASKS,
+    TrainingTask,
+    build_task_network,
+    check_network_spec,
+)
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
@@ -59,14 +64,10 @@ class AuxiliaryClassifier(TrainingTask):
             raise ConfigError(f"weight must be a number, got {weight!r}"[:200])
         if not (math.isfinite(weight) and weight >= 0):
             raise ConfigError(f"weight must be a finite number 0 or more, got {weight}")
-        spec = DEFAULT_CLASSIFIER if classifier is None else classifier
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise ConfigError(
-                "classifier: an object with its 'name' (e.g. 'conv') and its options, "
-                f"got {spec!r}"[:200]
-            )
-        ENCODERS.get(spec["name"])  # an unknown name fails before any training
-        self.weight, self.classifier_spec = float(weight), dict(spec)
+        self.classifier_spec = check_network_spec(
+            ENCODERS, "classifier", DEFAULT_CLASSIFIER if classifier is None else classifier
+        )
+        self.weight = float(weight)
         self.classifier: nn.Module | None = None
 
     def record(self) -> dict[str, Any]:

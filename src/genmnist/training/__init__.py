@@ -39,7 +39,12 @@ from genmnist.training.optim import (
 )
 from genmnist.training.options import TrainingInterrupted, TrainOptions, TrainResult
 from genmnist.training.parallel import QUIET_DELAY, StepConsensus, step_consensus
-from genmnist.training.task import TRAINING_TASKS, TrainingTask, build_task_network
+from genmnist.training.task import (
+    TRAINING_TASKS,
+    TrainingTask,
+    build_task_network,
+    check_network_spec,
+)
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -56,6 +61,7 @@ __all__ = [
     "TrainingInterrupted",
     "TrainingTask",
     "build_task_network",
+    "check_network_spec",
     "constant_schedule",
     "cosine_schedule",
     "linear_schedule",

@@ -129,6 +129,18 @@ def check_same_task(saved: dict[str, Any] | None, task: TrainingTask, path: Path
 TRAINED_COPIES = 4
 
 
+def check_network_spec(registry: Registry, what: str, spec: Any) -> dict[str, Any]:
+    """A copy of the recipe's description of a task network (an object with its ``name`` in
+    ``registry`` and its options), or a one-line error naming ``what``: a spec that is not
+    such an object, or names no registered network, fails before any training."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ConfigError(
+            f"{what}: an object with its 'name' (e.g. 'conv') and its options, got {spec!r}"[:200]
+        )
+    registry.get(spec["name"])
+    return dict(spec)
+
+
 def build_task_network(
     registry: Registry,
     what: str,
