@@ -7,9 +7,11 @@
     # 2. sampling trade-offs of the diffusion models (smaller n: FID is biased upwards)
     python recipes/cards.py sweep ddpm --steps 4 5 6 8 10 -n 2000 --set spacing=trailing
     python recipes/cards.py sweep ddpm-cfg --guidance 1 1.5 2 3 4 -n 2000
-    # the distilled ddpm takes no guidance: measure its teacher over the scale it learned
+    # the distilled ddpm: its teacher over the scale it learned, and its own first-step
+    # guidance against the null label that null-label tuning gave it back
     python recipes/cards.py sweep ddpm --checkpoint runs/mnist/ddpm \
         --guidance 1 1.5 2 2.5 3 -n 2000 --set steps=6 spacing=trailing
+    python recipes/cards.py sweep ddpm --guidance 0 0.4 0.5 0.6 0.7 1 -n 2000
     python recipes/cards.py sweep cvae --temperature 0.5 0.6 0.7 0.8 1 -n 2000
     # 3. the docs page (after `python recipes/figures.py`, which draws its sample grids)
     python recipes/cards.py docs
@@ -224,8 +226,9 @@ def render_docs() -> str:
         *without_weights(),
         "To reproduce a model: `bash recipes/train.sh mnist NAME` (it resumes an",
         "interrupted run), `python recipes/export.py runs/mnist/NAME` (add `--fp32` for the",
-        "diffusion models; `ddpm` is exported from `runs/mnist/ddpm-distill` with",
-        "`--teacher runs/mnist/ddpm`) to copy the",
+        "diffusion models; `ddpm` is exported from `runs/mnist/ddpm-tune` with",
+        "`--teacher runs/mnist/ddpm-distill`, the student distilled from",
+        "`runs/mnist/ddpm`) to copy the",
         "weights into the package, then measure as described at the top of",
         "`recipes/cards.py`. Numbers were measured on a 2-core x86_64 CPU",
         "without a GPU, usually while other jobs shared it, so training times are upper",

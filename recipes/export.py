@@ -180,6 +180,11 @@ def main() -> None:
 
     recipes = REPO / "recipes" / args.dataset
     recipe = args.recipe or recipes / f"{teacher_name}.json"
+    # a guidance-distilled student shares its teacher's name (recipes/<name>.distill.json,
+    # runs/<name>-distill), as a fine-tuned model does (<name>.tune.json, <name>-tune);
+    # a student of another name (reflow) has a recipe of its own
+    tuned = distilled and TRAINING_TASKS.get(task).__module__.startswith("genmnist.finetuning")
+    key, suffix = ("fine_tuning", "tune") if tuned else ("distillation", "distill")
     card_path = target / "card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     card.update(
@@ -188,7 +193,7 @@ def main() -> None:
         model=model.name,
         dataset=args.dataset,
         weights={"dtype": storage, "parameters": model.num_parameters()},
-        training=shipped_training_record(args.teacher)
+        training=shipped_training_record(args.teacher, replaced=key)
         if distilled and read_header(args.teacher) is None
         else training_record(
             args.teacher if distilled else args.run,
@@ -198,11 +203,6 @@ def main() -> None:
         ),
     )
     if distilled:
-        # a guidance-distilled student shares its teacher's name (recipes/<name>.distill.json,
-        # runs/<name>-distill), as a fine-tuned model does (<name>.tune.json, <name>-tune);
-        # a student of another name (reflow) has a recipe of its own
-        tuned = TRAINING_TASKS.get(task).__module__.startswith("genmnist.finetuning")
-        key, suffix = ("fine_tuning", "tune") if tuned else ("distillation", "distill")
         same_name = teacher_name == model.name
         distill_recipe = recipes / (
             f"{model.name}.{suffix}.json" if same_name else f"{model.name}.json"
@@ -232,15 +232,16 @@ def main() -> None:
     print(f"{card_path}: training record written; run recipes/cards.py to evaluate")
 
 
-def shipped_training_record(folder: Path) -> dict:
-    """The main training record on the card of a shipped model copied to ``folder`` (a
-    teacher whose run folder is gone, its weights being the shipped ones), without the
-    records of what continued it."""
+def shipped_training_record(folder: Path, replaced: str) -> dict:
+    """The training record on the card of a shipped model copied to ``folder`` (a teacher
+    whose run folder is gone, its weights being the shipped ones): every step that made
+    those weights (a distilled teacher keeps its distillation record), except the record
+    under ``replaced``, which the run that continued it writes."""
     card = folder / "card.json"
     record = json.loads(card.read_text()).get("training") if card.is_file() else None
     if not isinstance(record, dict):
         raise SystemExit(f"{folder}: no training checkpoint, and no card with a training record")
-    return {k: v for k, v in record.items() if k not in ("distillation", "fine_tuning", "guide")}
+    return {k: v for k, v in record.items() if k != replaced}
 
 
 def continues_nothing(task: str) -> bool:

@@ -9,8 +9,9 @@
 # plus its guide (runs/<dataset>/<model>-teacher); otherwise the main run itself (a
 # self-guided or class-conditional model guides itself).
 # A model with a <model>.tune.json recipe is then fine-tuned: in runs/<dataset>/<model>-tune
-# the training task its recipe names continues the main run (the adversarial decoder
-# tuning of the Fashion-MNIST VAEs); that folder holds the weights to export.
+# the training task its recipe names continues the run its recipe names as "base": the
+# main run (the adversarial decoder tuning of the Fashion-MNIST VAEs) or the distilled
+# student (the null-label tuning of the MNIST ddpm); that folder holds the weights to export.
 set -euo pipefail
 dataset=${1:-mnist}; shift || true
 models=("$@"); [ ${#models[@]} -gt 0 ] || models=($(ls "recipes/$dataset" | grep -v -e '\.guide\.json$' -e '\.distill\.json$' -e '\.tune\.json$' | sed 's/\.json$//'))

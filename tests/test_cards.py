@@ -52,9 +52,14 @@ def test_every_shipped_model_has_a_measured_card(dataset, name):
     # teacher guides itself toward its clusters)
     # (a guidance-distilled DDPM or a reflow student is one trained without label dropout:
     # its teacher's guidance is built in; its own run is the distillation record)
-    distilled = isinstance(model, DDPM | FlowMatching) and model.config.label_dropout == 0
+    # A fine-tuned one (null-label tuning gives a student its label dropout back) keeps
+    # its distillation record beside the tuning's.
+    tuned = "fine_tuning" in training
+    distilled = isinstance(model, DDPM | FlowMatching) and (
+        model.config.label_dropout == 0 or (tuned and "distillation" in training)
+    )
     assert ("distillation" in training) == distilled
-    own = training["distillation"] if distilled else training
+    own = training.get("fine_tuning") or (training["distillation"] if distilled else training)
     assert own["command"].startswith(f"genmnist train {name} ")
     guided = isinstance(model, Autoguided)
     teacher_guided = distilled and not model.conditional and not model.config.clusters

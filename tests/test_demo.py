@@ -144,7 +144,7 @@ def test_pickers_include_plugins_with_their_own_weights(
         ("vae-conv", False, False, False, True),
         ("cvae", True, False, False, True),
         ("cgan", True, False, False, True),
-        ("ddpm", False, True, False, False),  # guidance distilled into it: takes none
+        ("ddpm", False, True, True, False),  # distilled, its null label tuned: takes some
         ("ddpm-cfg", True, True, True, False),
     ],
 )
@@ -192,8 +192,10 @@ def test_sample_names_the_settings_a_model_does_not_take(store):
         "vae-conv", "mnist", count=2, label="3", steps="5", guidance="2", store=store
     )
     assert "ignored, as 'vae-conv' takes none: steps, guidance, label" in result.message
-    distilled = callbacks.sample("ddpm", "mnist", count=1, steps="2", guidance="2", store=store)
-    assert "ignored, as 'ddpm' takes none: guidance" in distilled.message
+    unconditional = callbacks.sample(
+        "ddpm", "fashion-mnist", count=1, steps="2", guidance="2", store=store
+    )
+    assert "ignored, as 'ddpm' takes none: guidance" in unconditional.message
 
 
 @pytest.mark.parametrize(

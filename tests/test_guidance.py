@@ -266,9 +266,18 @@ def test_version_1_ddpm_configs_and_weights_still_load(tmp_path):
         load(folder)
 
 
-def test_the_shipped_self_guided_student_loads_as_a_model_without_guidance():
+def test_the_shipped_self_guided_student_guides_only_its_first_step():
     shipped = load("ddpm")
     assert shipped.config.clusters == 128 and shipped.conditioning.shares.sum() > 0.99
-    assert shipped.guidance_problem is not None
+    # distilled, then its null label tuned: it takes guidance, by default below scale 1
+    assert shipped.guidance_problem is None and shipped.config.label_dropout > 0
+    assert shipped.config.guidance_scale < 1
     noise = SampleNoise([0, 1], "cpu")
     assert shipped.conditioning.sampling_labels(noise, None).shape == (2,)
+    batches = []
+    shipped.unet.register_forward_hook(lambda module, args, out: batches.append(len(args[0])))
+    shipped.sample(2, seed=0)
+    assert batches == [4] + [2] * (shipped.config.sampling_steps - 1)
+    batches.clear()
+    shipped.sample(2, seed=0, guidance=1.0)  # the distilled student alone
+    assert batches == [2] * shipped.config.sampling_steps

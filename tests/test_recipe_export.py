@@ -69,6 +69,12 @@ def test_a_shipped_teacher_gives_the_training_record_on_its_card(tmp_path):
     main = {"command": "genmnist train ddpm-cfg", "steps": 1872, "seed": 42}
     card = {"training": {**main, "distillation": {"steps": 1}, "fine_tuning": {"steps": 2}}}
     (tmp_path / "card.json").write_text(json.dumps(card))
-    assert shipped_training_record(tmp_path) == main
+    # the record of what continued the teacher is the new run's; the rest made its weights
+    assert shipped_training_record(tmp_path, replaced="distillation") == {
+        **main,
+        "fine_tuning": {"steps": 2},
+    }
+    tuned = shipped_training_record(tmp_path, replaced="fine_tuning")
+    assert tuned == {**main, "distillation": {"steps": 1}}
     with pytest.raises(SystemExit, match="no card"):
-        shipped_training_record(tmp_path / "elsewhere")
+        shipped_training_record(tmp_path / "elsewhere", replaced="distillation")

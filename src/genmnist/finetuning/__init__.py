@@ -5,5 +5,6 @@ Each method is a `genmnist.training.TrainingTask` in a module of its own, regist
 """
 
 from genmnist.finetuning.adversarial_decoder import AdversarialDecoderTuning
+from genmnist.finetuning.null_label import NullLabelTuning
 
-__all__ = ["AdversarialDecoderTuning"]
+__all__ = ["AdversarialDecoderTuning", "NullLabelTuning"]
