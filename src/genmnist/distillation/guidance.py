@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from genmnist.diffusion.guidance import check_scale
+from genmnist.distillation.teachers import SAME_NETWORK
 from genmnist.errors import CheckpointError, ConfigError
 from genmnist.models.ddpm import DDPM, SAME_DENOISING
 from genmnist.training.task import TRAINING_TASKS, TrainingTask
@@ -16,9 +17,6 @@ from genmnist.training.task import TRAINING_TASKS, TrainingTask
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
     from genmnist.models.base import GenerativeModel
-
-#: U-Net fields the student shares with the teacher's U-Net, since it starts from it.
-SAME_NETWORK = ("channels", "blocks_per_level", "attention_levels", "num_classes", "clusters")
 
 
 class GuidanceDistillation(TrainingTask):

@@ -22,16 +22,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from genmnist.conditioning import drop_labels
-from genmnist.errors import CheckpointError, ConfigError
+from genmnist.distillation.teachers import SAME_NETWORK, load_frozen_model
+from genmnist.errors import ConfigError
 from genmnist.models.ddpm import DDPM, SAME_DENOISING
 from genmnist.training.task import TRAINING_TASKS, TrainingTask
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
     from genmnist.models.base import GenerativeModel
-
-#: U-Net fields the tuned model shares with its base, since it starts from its weights.
-SAME_NETWORK = ("channels", "blocks_per_level", "attention_levels", "num_classes", "clusters")
 
 
 class NullLabelTuning(TrainingTask):
@@ -62,8 +60,6 @@ class NullLabelTuning(TrainingTask):
     def prepare(self, model: GenerativeModel, data: InMemoryDataset, resume: bool) -> None:
         """Load the base, check the model against it and, for a new run, start from its
         weights and clusters."""
-        from genmnist.models import load
-
         if not isinstance(model, DDPM):
             raise ConfigError(f"null-label tuning trains a DDPM, not a {type(model).__name__}")
         if not model.conditioning.num_labels:
@@ -76,19 +72,10 @@ class NullLabelTuning(TrainingTask):
                 "null-label tuning teaches the null label through label dropout: set "
                 "label_dropout above 0 (0.1 to 0.2 is usual)"
             )
-        try:
-            base = load(self.base_source, dataset=data.name)
-        except CheckpointError as exc:
-            raise CheckpointError(f"null-label tuning base: {exc}") from None
-        if not isinstance(base, DDPM):
-            raise ConfigError(
-                f"null-label tuning base '{self.base_source}' is a {type(base).__name__}, "
-                "not a DDPM"
-            )
-        if problem := model.config.first_difference(base.config, SAME_DENOISING + SAME_NETWORK):
-            raise ConfigError(f"null-label tuning base '{self.base_source}': {problem}")
-        base.eval().requires_grad_(False).to(model.device)
-        self.base = base
+        base = self.base = load_frozen_model(
+            self.base_source, data.name, model, "null-label tuning base", DDPM, "DDPM",
+            SAME_DENOISING + SAME_NETWORK,
+        )  # fmt: skip
         if not resume:
             model.unet.load_state_dict(base.unet.state_dict())
             model.conditioning.load_state_dict(base.conditioning.state_dict())
@@ -99,7 +86,7 @@ class NullLabelTuning(TrainingTask):
         if self.base is None:
             raise ConfigError("null-label tuning: call prepare() before loss()")
         x0 = images * 2 - 1
-        x_t, t, eps = model.add_noise(x0)
+        x_t, t, _ = model.add_noise(x0)
         cond = model.conditioning.training_labels(images, labels)
         cond = drop_labels(cond, model.conditioning.null_label, model.config.label_dropout)
         null = (cond == model.conditioning.null_label)[:, None, None, None]
