@@ -124,6 +124,41 @@ def test_the_task_checks_its_student_and_teacher(tmp_path):
         GuidanceDistillation(teacher_dir).loss(create_model("ddpm", **STUDENT), *_images(2), 0, "m")
 
 
+def test_the_task_can_distil_guidance_limited_to_a_noise_interval(tmp_path):
+    teacher = _noisy(
+        create_model("ddpm-cfg", **TINY, label_dropout=0.1, guidance_scale=3.0, precision="fp32")
+    )
+    folder = str(teacher.save_pretrained(tmp_path / "teacher"))
+    task = GuidanceDistillation(folder, guidance=3.0, guidance_interval=[-3.4, 2.6])
+    assert task.record()["guidance_interval"] == [-3.4, 2.6]
+    assert TrainingTask.from_record(task.record()).guidance_interval == (-3.4, 2.6)
+    task.prepare(create_model("ddpm-cfg", **STUDENT), _MNIST, resume=False)
+    labels = torch.arange(4) % 10
+    x = torch.randn(4, 1, 28, 28)
+    log_snr = teacher.schedule.log_snr(torch.arange(TINY["timesteps"]))
+    inside = int(((log_snr > -3.4) & (log_snr < 2.6)).nonzero()[0])
+    outside = int((log_snr < -3.4).nonzero()[0])
+    for step in (inside, outside):
+        t = torch.full((4,), step)
+        expected = teacher.denoiser(labels, 3.0, (-3.4, 2.6))(x, t)
+        torch.testing.assert_close(task.guided_teacher(labels)(x, t), expected)
+    t = torch.full((4,), outside)
+    # outside the interval the target is the teacher's plain conditional estimate
+    unguided = teacher.denoiser(labels, 1.0)(x, t)
+    torch.testing.assert_close(task.guided_teacher(labels)(x, t), unguided)
+    t = torch.full((4,), inside)
+    assert not torch.allclose(
+        task.guided_teacher(labels)(x, t), teacher.denoiser(labels, 1.0)(x, t)
+    )
+    with pytest.raises(ConfigError, match="LOW"):
+        GuidanceDistillation(folder, guidance_interval=[2.6, -3.4])
+    with pytest.raises(ConfigError, match="log-SNR"):
+        GuidanceDistillation(folder, guidance_interval="middle")
+    autoguided = GuidanceDistillation(str(_teacher_folder(tmp_path)), guidance_interval=[-1, 1])
+    with pytest.raises(ConfigError, match="every noise level"):
+        autoguided.prepare(create_model("ddpm", **STUDENT), _MNIST, resume=False)
+
+
 def test_distilling_a_self_guided_teacher_keeps_its_clusters(tmp_path, tiny_dataset):
     teacher = create_model("ddpm", **TINY, clusters=10, guidance_scale=3.0, precision="fp32")
     teacher.prepare_training(tiny_dataset, resume=False)
