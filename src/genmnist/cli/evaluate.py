@@ -160,8 +160,60 @@ def eval_command(
             options,
             lambda message: err.print(f"[dim]{message}[/]"),
         )
+    _report(result, output, as_json)
+
+
+def score_command(
+    images: Annotated[
+        Path,
+        typer.Argument(
+            help="Images made anywhere: an .npy array, an .npz or .safetensors file with "
+            "'images' (and 'labels'), or a folder of 28x28 PNG images."
+        ),
+    ],
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="The classes the images were drawn for (.npy of integers)."),
+    ] = None,
+    dataset: DatasetOption = DEFAULT_DATASET,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the JSON to this file.")
+    ] = None,
+    data_dir: DataDirOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the floor subset and KID.")] = 0,
+    floor: Annotated[bool, typer.Option(help="Compute the real-data floor.")] = True,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Score images from any generator with the same metrics as eval: FID/KID/precision/
+    recall with their real-data floor, IS, acceptability, class coverage."""
+    check_dataset(dataset)
+    if output is not None:
+        check_output_file(output, "--output", overwrite)
+    from genmnist.metrics.evaluation import evaluate_images
+    from genmnist.metrics.image_files import read_images
+
+    pictures, given_labels = read_images(images, labels)
+    err = err_console()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reported from result["warnings"] below
+        result = evaluate_images(
+            pictures,
+            dataset,
+            labels=given_labels,
+            name=images.name or str(images),
+            data_dir=data_dir,
+            seed=seed,
+            floor=floor,
+            log=lambda message: err.print(f"[dim]{message}[/]"),
+        )
+    _report(result, output, as_json)
+
+
+def _report(result: dict[str, Any], output: Path | None, as_json: bool) -> None:
+    """Print an evaluation result (warnings to stderr), writing its JSON to ``output``."""
     for message in result.get("warnings", []):
-        err.print(f"[yellow]warning[/]: {message}")
+        err_console().print(f"[yellow]warning[/]: {message}")
     if output is not None:
         from genmnist.io import write_json
 

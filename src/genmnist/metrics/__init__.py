@@ -9,6 +9,8 @@ Every metric is computed with genmnist's own evaluator classifier for the datase
 
 Building blocks, for images or features from anywhere:
 
+* :func:`evaluate_images`: images made anywhere, measured as :func:`evaluate` measures a
+  model (read files of them with :func:`genmnist.metrics.image_files.read_images`);
 * :func:`image_metrics` and :func:`real_floor`: all sample metrics of a batch of images,
   and of real training images (the floor);
 * :func:`frechet_distance`, :func:`kernel_distance`, :func:`precision_recall`: on features;
@@ -41,6 +43,7 @@ _EXPORTS = {
     "METRICS": "genmnist.metrics.evaluation",
     "SmallSampleWarning": "genmnist.metrics.evaluation",
     "evaluate": "genmnist.metrics.evaluation",
+    "evaluate_images": "genmnist.metrics.evaluation",
     "image_metrics": "genmnist.metrics.evaluation",
     "real_features": "genmnist.metrics.evaluation",
     "real_floor": "genmnist.metrics.evaluation",

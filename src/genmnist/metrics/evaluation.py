@@ -20,7 +20,8 @@ import torch
 from genmnist.errors import ConfigError
 from genmnist.io import to_json_value
 from genmnist.metrics import classification, distances
-from genmnist.metrics.classifier import EvaluatorNet, as_image_batch, load_evaluator
+from genmnist.metrics.classifier import EvaluatorNet, load_evaluator
+from genmnist.metrics.image_files import as_unit_images
 from genmnist.run_folder import holds_metrics
 
 #: Sample count of the reference protocol (the size of the test split).
@@ -185,8 +186,13 @@ def image_metrics(
 ) -> dict[str, Any]:
     """Compare any images ``(n, 1, 28, 28)`` (floats in ``[0, 1]`` or uint8) with the test
     split of ``dataset``: FID, KID, precision/recall, IS, acceptability, class coverage, and
-    conditional accuracy when the ``labels`` the images were drawn for are given."""
-    images = as_image_batch(images)
+    conditional accuracy when the ``labels`` the images were drawn for are given.
+
+    Raises:
+        ConfigError: images of another size, holding NaN or inf, or floats outside
+            ``[0, 1]`` (such as a tanh output in ``[-1, 1]``), which would score as nonsense.
+    """
+    images = as_unit_images(images)
     _check_n(images.shape[0], k)
     evaluator = evaluator or load_evaluator(dataset)
     real, _, _ = real_features(dataset, "test", data_dir, evaluator=evaluator)
@@ -238,6 +244,109 @@ def small_n_message(n: int) -> str:
         "FID is biased upwards at small n (compare only numbers taken at the same n; the "
         "floor below is taken at the same n)"
     )
+
+
+def _add_floor(result: dict[str, Any], **options: Any) -> None:
+    """Put the real-data floor of ``result``'s dataset, n and seed beside its metrics
+    (``fid_floor``...); ``options``: those of :func:`real_floor`."""
+    base = real_floor(result["dataset"], result["n"], seed=result["seed"], **options)
+    for key, value in base.items():
+        if key in METRICS and METRICS[key].floor:
+            result[f"{key}_floor"] = value
+
+
+def evaluate_images(
+    images: torch.Tensor,
+    dataset: str = "mnist",
+    *,
+    labels: torch.Tensor | None = None,
+    name: str = "images",
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    floor: bool = True,
+    k: int = 3,
+    kid_subsets: int = 100,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure images made anywhere (another library, a notebook) as :func:`evaluate`
+    measures a model's samples: the same metrics, each next to its real-data floor at the
+    same ``n``, in the same flat dict (``model`` is ``name``; no efficiency metrics).
+
+    Args:
+        images: ``(n, 1, 28, 28)`` floats in ``[0, 1]`` or uint8 (see
+            `genmnist.metrics.image_files.read_images` for files).
+        dataset: Which evaluator and test set to compare with.
+        labels: The classes the images were drawn for, if they were: adds conditional
+            accuracy.
+        name: What the images are called in the result.
+        data_dir, seed, floor, k, kid_subsets, log: As for :func:`evaluate`.
+
+    Raises:
+        ConfigError: fewer than 10 images, or labels that do not match them.
+    """
+    say = log or (lambda message: None)
+    images = as_unit_images(images)
+    n = images.shape[0]
+    _check_n(n, k)
+    evaluator = load_evaluator(dataset)
+    if labels is not None:
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        classes = evaluator.config.num_classes
+        if labels.shape[0] != n:
+            raise ConfigError(f"{labels.shape[0]} labels for {n} images; give one per image")
+        if int(labels.min()) < 0 or int(labels.max()) >= classes:
+            raise ConfigError(f"labels must be in 0..{classes - 1} for {dataset}")
+    if n < DEFAULT_N:
+        warnings.warn(small_n_message(n), SmallSampleWarning, stacklevel=2)
+    result = _measure_images(
+        images, labels, name=name, dataset=dataset, evaluator=evaluator, data_dir=data_dir,
+        seed=seed, floor=floor, k=k, kid_subsets=kid_subsets, say=say,
+    )  # fmt: skip
+    return to_json_value(result, nonfinite_as_null=True)
+
+
+def _measure_images(
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    name: str,
+    dataset: str,
+    evaluator: EvaluatorNet,
+    data_dir: str | os.PathLike[str] | None,
+    seed: int,
+    floor: bool,
+    k: int,
+    kid_subsets: int,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """What :func:`evaluate` and :func:`evaluate_images` share: the result's head (name,
+    dataset, n, seed...), the sample metrics, their floor and ``warnings``."""
+    n = images.shape[0]
+    result: dict[str, Any] = {
+        "model": name,
+        "dataset": dataset,
+        "n": n,
+        "seed": seed,
+        "conditional": labels is not None,
+        "evaluator_accuracy": _shipped_accuracy(evaluator),
+    }
+    say(f"{name}: computing features and sample metrics")
+    result.update(
+        image_metrics(
+            images,
+            dataset,
+            labels=labels,
+            data_dir=data_dir,
+            k=k,
+            kid_subsets=kid_subsets,
+            seed=seed,
+            evaluator=evaluator,
+        )
+    )
+    if floor:
+        _add_floor(result, data_dir=data_dir, k=k, kid_subsets=kid_subsets, log=say)
+    result["warnings"] = [small_n_message(n)] if n < DEFAULT_N else []
+    return result
 
 
 # ---------------------------------------------------------------------- models
@@ -294,10 +403,8 @@ def evaluate(
     say = log or (lambda message: None)
     _check_n(n, k)
     check_sample_count(n)  # before the labels and samples of a huge n are allocated
-    notes: list[str] = []
     if n < DEFAULT_N:
-        notes.append(small_n_message(n))
-        warnings.warn(notes[-1], SmallSampleWarning, stacklevel=2)
+        warnings.warn(small_n_message(n), SmallSampleWarning, stacklevel=2)
     evaluator = load_evaluator(dataset)
     name = getattr(model, "name", type(model).__name__)
     labels = None
@@ -316,34 +423,10 @@ def evaluate(
         ),
         device,
     )
-    result: dict[str, Any] = {
-        "model": name,
-        "dataset": dataset,
-        "n": n,
-        "seed": seed,
-        "conditional": labels is not None,
-        "evaluator_accuracy": _shipped_accuracy(evaluator),
-    }
-    say(f"{name}: computing features and sample metrics")
-    result.update(
-        image_metrics(
-            images,
-            dataset,
-            labels=labels,
-            data_dir=data_dir,
-            k=k,
-            kid_subsets=kid_subsets,
-            seed=seed,
-            evaluator=evaluator,
-        )
-    )
-    if floor:
-        base = real_floor(
-            dataset, n, data_dir=data_dir, k=k, kid_subsets=kid_subsets, seed=seed, log=say
-        )
-        for key, value in base.items():
-            if key in METRICS and METRICS[key].floor:
-                result[f"{key}_floor"] = value
+    result = _measure_images(
+        images, labels, name=name, dataset=dataset, evaluator=evaluator, data_dir=data_dir,
+        seed=seed, floor=floor, k=k, kid_subsets=kid_subsets, say=say,
+    )  # fmt: skip
     if has_encoder(model):
         say(f"{name}: reconstruction, ELBO and latent probe")
         result.update(
@@ -363,5 +446,5 @@ def evaluate(
     result["images_per_second"] = n / max(seconds, 1e-9)
     result["sampling_seconds"] = seconds
     result["peak_memory_mb"] = None if peak is None else peak / 2**20
-    result["warnings"] = notes
+    result["warnings"] = result.pop("warnings")  # last, as before the VAE metrics
     return to_json_value(result, nonfinite_as_null=True)
