@@ -88,6 +88,11 @@ def test_unknown_name_suggests_close_matches():
     assert "did you mean" in message and "'vae-mlp'" in message
     assert "dcgan" not in message
     assert isinstance(info.value, GenmnistError) and isinstance(info.value, KeyError)
+    reg.register("gan-sc", object)
+    with pytest.raises(RegistryError) as info:  # nothing close: the names it knows instead
+        reg.get("nosuch")
+    assert "did you mean" not in str(info.value)
+    assert "known: cvae, dcgan, gan-sc, vae-conv, vae-mlp" in str(info.value)
     assert not message.startswith('"')  # not KeyError's quoting
 
 

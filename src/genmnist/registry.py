@@ -189,7 +189,8 @@ class Registry(Generic[T]):
 
     def _unknown_message(self, name: str) -> str:
         known = sorted(self._entries)
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        # difflib's own cutoff: at 0.5 any name sharing a few letters was "close"
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         listing = f"known: {', '.join(known)}" if known else f"no {self.kind}s are registered"
         return f"unknown {self.kind} '{name}'; " + (hint or listing)
