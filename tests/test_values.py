@@ -166,6 +166,42 @@ def test_guidance_values_fail_in_one_line(
         assert_one_line_error(err, "guidance interval")
 
 
+def test_sample_refuses_what_is_not_a_whole_number_in_one_sentence(tiny_model):
+    """Counts, seeds, steps and labels given to `sample` from Python: a float, a string
+    or a bool is refused by name, never truncated nor passed down to fail in PyTorch; 0
+    steps is refused, not taken as "the default"; NumPy integers are integers."""
+    import numpy as np
+
+    from genmnist.models import create_model
+
+    cvae = tiny_model("cvae")
+    ddpm = create_model("ddpm", channels=[8], attention_levels=[], timesteps=50)
+    flow = create_model("flow", channels=[8], attention_levels=[])
+    refused = [
+        (cvae, {"n": 2.5}, "the number of samples must be an integer, got 2.5"),
+        (cvae, {"n": "4"}, "the number of samples must be an integer, got '4'"),
+        (cvae, {"n": True}, "the number of samples must be an integer, got True"),
+        (cvae, {"n": 0}, "the number of samples must be a positive integer, got 0"),
+        (cvae, {"n": 2, "batch_size": 1.0}, "batch_size must be an integer"),
+        (cvae, {"n": 2, "seed": 1.5}, "seed must be an integer, got 1.5"),
+        (cvae, {"n": 2, "seed": "a"}, "seed must be an integer, got 'a'"),
+        (cvae, {"n": 2, "labels": [0.5, 1.0]}, r"labels must be integers in 0\.\.9"),
+        (cvae, {"n": 2, "labels": [True, False]}, r"labels must be integers in 0\.\.9"),
+        (cvae, {"n": 2, "labels": [math.nan, 1.0]}, r"labels must be integers in 0\.\.9"),
+        (ddpm, {"n": 1, "steps": 0}, r"steps must be in 1\.\.50, got 0"),
+        (ddpm, {"n": 1, "steps": 2.5}, "steps must be an integer, got 2.5"),
+        (flow, {"n": 1, "steps": 0}, "steps must be an integer in 1..1000, got 0"),
+        (flow, {"n": 1, "steps": "3"}, "steps must be an integer, got '3'"),
+    ]
+    for model, kwargs, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            model.sample(**kwargs)
+    whole_labels = cvae.sample(2, labels=[3.0, 4.0], seed=np.int64(7))
+    torch.testing.assert_close(whole_labels, cvae.sample(np.int32(2), labels=[3, 4], seed=7))
+    assert ddpm.sample(1, steps=np.int64(2), seed=-1).shape == (1, 1, 28, 28)
+    assert flow.sample(1, steps=np.int16(2), seed=0).shape == (1, 1, 28, 28)
+
+
 def test_config_values_must_be_finite():
     for value in (math.nan, math.inf):
         with pytest.raises(ConfigError, match="must be a finite number"):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
+
+from genmnist.errors import ConfigError
 
 
 def is_number(value: Any, whole: bool = False) -> bool:
@@ -13,3 +16,20 @@ def is_number(value: Any, whole: bool = False) -> bool:
     if isinstance(value, int):
         return True
     return not whole and isinstance(value, float) and math.isfinite(value)
+
+
+def whole_number(what: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an int if it is a whole number (an int, a NumPy or 0-d torch integer;
+    not a bool, a float or a string) of at least ``minimum``, else `ConfigError` naming
+    ``what``: the check of counts and seeds given to functions, where a float or a string
+    would otherwise fail deep inside PyTorch, or be truncated without a word."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None:
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    if minimum is not None and number < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{what} must be {kind}, got {number}")
+    return number

@@ -28,6 +28,7 @@ from genmnist.diffusion.guidance import Denoiser
 from genmnist.diffusion.schedules import NoiseSchedule
 from genmnist.errors import ConfigError
 from genmnist.registry import Registry
+from genmnist.values import whole_number
 
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None] | None
 
@@ -74,6 +75,7 @@ def spaced_timesteps(
             would otherwise pull every step towards pure noise). Needs ``schedule``.
         schedule: The schedule, for log-SNR spacing.
     """
+    steps = whole_number("steps", steps)
     if not 1 <= steps <= total:
         raise ConfigError(f"steps must be in 1..{total}, got {steps}")
     check_spacing(spacing)

@@ -28,6 +28,7 @@ import torch
 from genmnist.errors import ConfigError, SamplingError
 from genmnist.flow.path import LinearPath
 from genmnist.registry import Registry
+from genmnist.values import whole_number
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None] | None
@@ -54,7 +55,8 @@ def flow_times(steps: int, shift: float = 1.0) -> torch.Tensor:
     Raises:
         ConfigError: ``steps`` or ``shift`` is out of range.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+    steps = whole_number("steps", steps)
+    if not 1 <= steps <= MAX_STEPS:
         raise ConfigError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
     if not isinstance(shift, int | float) or not 0 < shift < float("inf"):
         raise ConfigError(f"time_shift must be a positive finite number, got {shift!r}")

@@ -42,6 +42,7 @@ from genmnist.nn.modes import evaluating
 from genmnist.precision import bf16_is_fast
 from genmnist.registry import MODELS
 from genmnist.run_folder import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
+from genmnist.values import whole_number
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
@@ -350,10 +351,10 @@ class GenerativeModel(nn.Module):
                 (for a progress bar).
             **options: Model-specific options named in `sampling_options`.
         """
-        if n <= 0:
-            raise ConfigError(f"number of samples must be positive, got {n}")
-        if batch_size <= 0:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        n = whole_number("the number of samples", n, minimum=1)
+        batch_size = whole_number("batch_size", batch_size, minimum=1)
+        if seed is not None:
+            seed = whole_number("seed", seed)
         unknown = sorted(set(options) - set(self.sampling_options))
         if unknown:
             takes = ", ".join(self.sampling_options) or "none"
@@ -391,12 +392,17 @@ class GenerativeModel(nn.Module):
         k = self.config.num_classes
         if labels is None:
             return torch.arange(n) % k
+        problem = ConfigError(f"labels must be integers in 0..{k - 1} for model '{self.name}'")
         try:
-            tensor = torch.as_tensor(labels, dtype=torch.long).flatten()
+            tensor = torch.as_tensor(labels).flatten()
         except (TypeError, ValueError, OverflowError, RuntimeError):
-            raise ConfigError(
-                f"labels must be integers in 0..{k - 1} for model '{self.name}'"
-            ) from None
+            raise problem from None
+        if tensor.dtype == torch.bool or tensor.is_complex():
+            raise problem
+        whole = torch.isfinite(tensor) & (tensor == tensor.round())
+        if tensor.is_floating_point() and not bool(whole.all()):  # 3.0 is a label; 2.5 is not
+            raise problem
+        tensor = tensor.long()
         if tensor.numel() == 1:
             tensor = tensor.expand(n).clone()
         if tensor.numel() != n:

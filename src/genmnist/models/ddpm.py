@@ -299,8 +299,9 @@ class DDPM(LabelGuidance, GenerativeModel):
         """Run a sampler over ``denoise`` on this model's schedule, with the sampler, steps
         and spacing given or the config's (for composites that guide this model)."""
         cfg = self.config
-        sample_fn = SAMPLERS.get(sampler or cfg.sampler)
-        steps, spacing = steps or cfg.sampling_steps, spacing or cfg.spacing
+        sample_fn = SAMPLERS.get(cfg.sampler if sampler is None else sampler)
+        steps = cfg.sampling_steps if steps is None else steps  # 0 is refused, not "default"
+        spacing = cfg.spacing if spacing is None else spacing
         timesteps = spaced_timesteps(self.schedule.timesteps, steps, spacing, self.schedule)
         return sample_images(sample_fn, denoise, noise, self.schedule, timesteps, callback)
 

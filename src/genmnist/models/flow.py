@@ -207,9 +207,9 @@ class FlowMatching(LabelGuidance, GenerativeModel):
         cfg = self.config
         labels = self.conditioning.sampling_labels(noise, labels)
         velocity = self.velocity(labels, guidance, guidance_interval)
-        sample_fn = FLOW_SAMPLERS.get(sampler or cfg.sampler)
+        sample_fn = FLOW_SAMPLERS.get(cfg.sampler if sampler is None else sampler)
         shift = cfg.time_shift if time_shift is None else time_shift
-        times = flow_times(steps or cfg.sampling_steps, shift)
+        times = flow_times(cfg.sampling_steps if steps is None else steps, shift)
         return sample_flow(sample_fn, velocity, noise, times, callback)
 
 

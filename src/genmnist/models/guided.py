@@ -79,5 +79,5 @@ class LabelGuidance(ConditionedModel):
             return partial(predict, labels=labels)
         cfg = self.config
         scale = cfg.guidance_scale if guidance is None else guidance
-        interval = guidance_interval or cfg.guidance_interval
+        interval = cfg.guidance_interval if guidance_interval is None else guidance_interval
         return guide(predict, labels, self.conditioning.null_label, scale, interval, noise_levels)

@@ -171,14 +171,14 @@ class MeanFlow(FlowMatching):
         interval of the sampling times (classifier-free guidance, when the model takes
         it, combines average velocities); with an ODE sampler, as a flow model."""
         cfg = self.config
-        name = sampler or cfg.sampler
+        name = cfg.sampler if sampler is None else sampler
         if name != "mean":
             return super().generate(
                 noise, labels, name, steps, time_shift, guidance, guidance_interval, callback
             )
         labels = self.conditioning.sampling_labels(noise, labels)
         shift = cfg.time_shift if time_shift is None else time_shift
-        times = flow_times(steps or cfg.sampling_steps, shift)
+        times = flow_times(cfg.sampling_steps if steps is None else steps, shift)
 
         def average_velocity(z, r, t):
             step = self.guided(
