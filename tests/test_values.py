@@ -202,6 +202,30 @@ def test_sample_refuses_what_is_not_a_whole_number_in_one_sentence(tiny_model):
     assert flow.sample(1, steps=np.int16(2), seed=0).shape == (1, 1, 28, 28)
 
 
+def test_evaluation_settings_and_load_arguments_fail_in_one_sentence(idx_root):
+    """The numbers of the evaluation protocol and `load`'s argument, given from Python,
+    are checked before any sampling, by name."""
+    import genmnist
+    from genmnist.metrics import evaluate_images, real_floor
+
+    images = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for kwargs, message in [
+        ({"k": 0}, r"k \(neighbours of precision/recall\) must be a positive integer, got 0"),
+        ({"kid_subsets": 0}, "kid_subsets must be a positive integer, got 0"),
+        ({"kid_subsets": 1.5}, "kid_subsets must be an integer, got 1.5"),
+        ({"seed": "x"}, "seed must be an integer, got 'x'"),
+        ({"labels": "abc"}, "labels must be whole numbers"),
+        ({"labels": torch.full((20,), 0.5)}, "labels must be whole numbers"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            evaluate_images(images, data_dir=idx_root, floor=False, **kwargs)
+    with pytest.raises(ConfigError, match="the number of samples must be an integer, got '20'"):
+        real_floor("mnist", "20", data_dir=idx_root)
+    for bad in (5, None, ["ddpm"]):
+        with pytest.raises(ConfigError, match="takes a model name or a folder path"):
+            genmnist.load(bad)
+
+
 def test_config_values_must_be_finite():
     for value in (math.nan, math.inf):
         with pytest.raises(ConfigError, match="must be a finite number"):

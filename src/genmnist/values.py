@@ -33,3 +33,22 @@ def whole_number(what: str, value: Any, minimum: int | None = None) -> int:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ConfigError(f"{what} must be {kind}, got {number}")
     return number
+
+
+def whole_labels(labels: Any, problem: str):
+    """``labels`` (a number, a sequence, an array or a tensor) as a flat int64 tensor, or
+    ``ConfigError(problem)`` if they are not whole numbers: bools, strings, NaN and 2.5
+    are refused; 3.0 is the label 3 (never truncated)."""
+    import torch
+
+    try:
+        tensor = torch.as_tensor(labels).flatten()
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        raise ConfigError(problem) from None
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise ConfigError(problem)
+    if tensor.is_floating_point() and not bool(
+        (torch.isfinite(tensor) & (tensor == tensor.round())).all()
+    ):
+        raise ConfigError(problem)
+    return tensor.long()

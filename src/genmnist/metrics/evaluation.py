@@ -23,6 +23,7 @@ from genmnist.metrics import classification, distances
 from genmnist.metrics.classifier import EvaluatorNet, load_evaluator
 from genmnist.metrics.image_files import as_unit_images
 from genmnist.run_folder import holds_metrics
+from genmnist.values import whole_labels, whole_number
 
 #: Sample count of the reference protocol (the size of the test split).
 DEFAULT_N = 10000
@@ -193,7 +194,7 @@ def image_metrics(
             ``[0, 1]`` (such as a tanh output in ``[-1, 1]``), which would score as nonsense.
     """
     images = as_unit_images(images)
-    _check_n(images.shape[0], k)
+    _check_n(images.shape[0], k, kid_subsets, seed)
     evaluator = evaluator or load_evaluator(dataset)
     real, _, _ = real_features(dataset, "test", data_dir, evaluator=evaluator)
     fake, probs = evaluator.extract(images)
@@ -213,7 +214,7 @@ def real_floor(
     """The metrics of ``n`` random real *training* images against the test set: what a
     perfect generator would score with ``n`` samples (cached per process; ``log`` hears
     when it is computed)."""
-    _check_n(n, k)
+    n = _check_n(n, k, kid_subsets, seed)
     evaluator = load_evaluator(dataset)
     key = (dataset, _root(data_dir), n, k, kid_subsets, seed)
     if key not in _FLOOR_CACHE:
@@ -233,9 +234,16 @@ def _shipped_accuracy(evaluator: EvaluatorNet) -> float | None:
     return info.get("test_accuracy_float16", info.get("test_accuracy"))
 
 
-def _check_n(n: int, k: int = 3) -> None:
+def _check_n(n: int, k: int = 3, kid_subsets: int = 1, seed: int = 0) -> int:
+    """``n`` as an int, after checking the protocol's numbers: whole, ``k`` and
+    ``kid_subsets`` at least 1, and ``n`` enough samples for ``k`` neighbours."""
+    n = whole_number("the number of samples", n)
+    k = whole_number("k (neighbours of precision/recall)", k, minimum=1)
+    whole_number("kid_subsets", kid_subsets, minimum=1)
+    whole_number("seed", seed)
     if n < max(MIN_N, k + 1):
         raise ConfigError(f"evaluation needs at least {max(MIN_N, k + 1)} samples, got {n}")
+    return n
 
 
 def small_n_message(n: int) -> str:
@@ -286,11 +294,10 @@ def evaluate_images(
     """
     say = log or (lambda message: None)
     images = as_unit_images(images)
-    n = images.shape[0]
-    _check_n(n, k)
+    n = _check_n(images.shape[0], k, kid_subsets, seed)
     evaluator = load_evaluator(dataset)
     if labels is not None:
-        labels = torch.as_tensor(labels).long().reshape(-1)
+        labels = whole_labels(labels, "labels must be whole numbers, one per image")
         classes = evaluator.config.num_classes
         if labels.shape[0] != n:
             raise ConfigError(f"{labels.shape[0]} labels for {n} images; give one per image")
@@ -401,7 +408,7 @@ def evaluate(
     from genmnist.models.base import check_sample_count
 
     say = log or (lambda message: None)
-    _check_n(n, k)
+    n = _check_n(n, k, kid_subsets, seed)
     check_sample_count(n)  # before the labels and samples of a huge n are allocated
     if n < DEFAULT_N:
         warnings.warn(small_n_message(n), SmallSampleWarning, stacklevel=2)

@@ -23,6 +23,7 @@ import torch
 
 from genmnist.errors import ConfigError
 from genmnist.io import file_problem
+from genmnist.values import whole_labels
 
 #: Suffixes of the array files `read_images` reads.
 ARRAY_SUFFIXES = (".npy", ".npz", ".safetensors")
@@ -110,16 +111,9 @@ def as_unit_images(images, source: str = "the images") -> torch.Tensor:
 
 
 def _as_labels(labels: torch.Tensor, n: int, source: str) -> torch.Tensor:
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise ConfigError(
-            f"{source}: expected {n} labels (one per image), got shape {tuple(labels.shape)}"
-        )
-    if labels.is_floating_point():
-        if not bool(torch.isfinite(labels).all()) or not bool((labels == labels.round()).all()):
-            raise ConfigError(f"{source}: labels must be whole numbers")
-    elif labels.dtype == torch.bool or labels.is_complex():
-        raise ConfigError(f"{source}: labels must be integers, got {labels.dtype}")
-    labels = labels.long()
+    labels = whole_labels(labels, f"{source}: labels must be whole numbers, one per image")
+    if labels.shape[0] != n:
+        raise ConfigError(f"{source}: expected {n} labels (one per image), got {labels.shape[0]}")
     if int(labels.min()) < 0:
         raise ConfigError(f"{source}: labels must be 0 or more, got {int(labels.min())}")
     return labels

@@ -42,7 +42,7 @@ from genmnist.nn.modes import evaluating
 from genmnist.precision import bf16_is_fast
 from genmnist.registry import MODELS
 from genmnist.run_folder import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
-from genmnist.values import whole_number
+from genmnist.values import whole_labels, whole_number
 
 if TYPE_CHECKING:
     from genmnist.data import InMemoryDataset
@@ -392,17 +392,8 @@ class GenerativeModel(nn.Module):
         k = self.config.num_classes
         if labels is None:
             return torch.arange(n) % k
-        problem = ConfigError(f"labels must be integers in 0..{k - 1} for model '{self.name}'")
-        try:
-            tensor = torch.as_tensor(labels).flatten()
-        except (TypeError, ValueError, OverflowError, RuntimeError):
-            raise problem from None
-        if tensor.dtype == torch.bool or tensor.is_complex():
-            raise problem
-        whole = torch.isfinite(tensor) & (tensor == tensor.round())
-        if tensor.is_floating_point() and not bool(whole.all()):  # 3.0 is a label; 2.5 is not
-            raise problem
-        tensor = tensor.long()
+        problem = f"labels must be integers in 0..{k - 1} for model '{self.name}'"
+        tensor = whole_labels(labels, problem)
         if tensor.numel() == 1:
             tensor = tensor.expand(n).clone()
         if tensor.numel() != n:

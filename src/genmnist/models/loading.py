@@ -192,7 +192,12 @@ def load(name_or_path: str | os.PathLike[str], dataset: str = "mnist") -> Genera
     Raises:
         CheckpointError: the folder or its files are missing or broken.
         RegistryError: the name is unknown, or no weights ship for it.
+        ConfigError: ``name_or_path`` is neither a string nor a path.
     """
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise ConfigError(
+            f"load() takes a model name or a folder path, got {type(name_or_path).__name__}"
+        )
     path = Path(name_or_path)
     if path.is_dir():
         return _load_folder(path)
