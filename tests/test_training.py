@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from genmnist import precision
-from genmnist.errors import CheckpointError, ConfigError, RegistryError, TrainingError
+from genmnist.errors import CheckpointError, ConfigError, DataError, RegistryError, TrainingError
 from genmnist.io import load_tensors, save_tensors
 from genmnist.models import load
 from genmnist.run_folder import read_task_record
@@ -386,6 +386,31 @@ def test_optimizers_registry_and_choice(train, tiny_model, tmp_path):
 
 
 # --------------------------------------------------------------------------- bad options
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"epochs": 1.5}, ConfigError, "epochs must be an integer, got 1.5"),
+        ({"max_steps": "3"}, ConfigError, "max_steps must be an integer, got '3'"),
+        ({"checkpoint_every": 0}, ConfigError, "checkpoint_every must be a positive integer"),
+        ({"log_every": 0}, ConfigError, "log_every must be a positive integer"),
+        ({"seed": "a"}, ConfigError, "seed must be an integer, got 'a'"),
+        ({"dataset": "cifar"}, DataError, "unknown dataset 'cifar'"),
+        ({"out": 5}, ConfigError, "out must be a folder path, got int"),
+        ({"resume": "yes"}, ConfigError, "resume must be True or False"),
+        ({"loggers": "jsonl"}, ConfigError, "loggers must be a sequence of names"),
+    ],
+)
+def test_train_options_are_checked_when_made(tmp_path, options, error, message):
+    """From Python no CLI parser checks them: a bad option fails at once, by name (a zero
+    interval was a ZeroDivisionError mid-run; an unknown dataset was written in the run
+    folder), and nothing is written."""
+    with pytest.raises(error, match=message):
+        TrainOptions(**{"out": tmp_path / "run", **options})
+    assert not (tmp_path / "run").exists()
+    made = TrainOptions(out=str(tmp_path / "run"), max_steps=2, loggers=["jsonl"])
+    assert made.out == tmp_path / "run" and made.loggers == ("jsonl",)
+
+
 def test_bad_training_configurations(train, tiny_model, tmp_path, tiny_dataset):
     with pytest.raises(ConfigError, match="precision"):
         Trainer(tiny_model("vae-mlp", precision="fp8"), TrainOptions(out=tmp_path / "x"))

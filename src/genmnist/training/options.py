@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genmnist.errors import TrainingError
+from genmnist.errors import ConfigError, TrainingError
 
 
 @dataclass
@@ -50,6 +51,31 @@ class TrainOptions:
     progress: bool = True
     loggers: tuple[str, ...] = ()
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the options' types and ranges as they are given (from Python, where no
+        CLI parser has checked them), so that a bad one fails at once, by name, and not
+        as a ``ZeroDivisionError`` some steps in, or with a run folder that records an
+        unknown dataset."""
+        from genmnist.data import check_dataset_name
+        from genmnist.values import whole_number
+
+        if not isinstance(self.out, str | os.PathLike):
+            raise ConfigError(f"out must be a folder path, got {type(self.out).__name__}")
+        self.out = Path(self.out)
+        for name in ("epochs", "max_steps"):  # 0 is "nothing to train", said by the Trainer
+            if getattr(self, name) is not None:
+                setattr(self, name, whole_number(name, getattr(self, name)))
+        self.checkpoint_every = whole_number("checkpoint_every", self.checkpoint_every, 1)
+        self.log_every = whole_number("log_every", self.log_every, 1)
+        self.seed = whole_number("seed", self.seed)
+        check_dataset_name(self.dataset)
+        for name in ("resume", "overwrite", "skip_nonfinite", "progress", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.loggers, str) or not all(isinstance(x, str) for x in self.loggers):
+            raise ConfigError(f"loggers must be a sequence of names, got {self.loggers!r}")
+        self.loggers = tuple(self.loggers)
 
 
 @dataclass
