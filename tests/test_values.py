@@ -226,6 +226,33 @@ def test_evaluation_settings_and_load_arguments_fail_in_one_sentence(idx_root):
             genmnist.load(bad)
 
 
+def test_vae_image_inputs_are_checked_like_scored_images(tiny_model):
+    """`reconstruct` and `interpolate` take images as `genmnist score` does and refuse a
+    [-1, 1] range, a wrong size or bad labels in one sentence; `encode` names its shape."""
+    import numpy as np
+
+    vae, cvae = tiny_model("vae-conv"), tiny_model("cvae")
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    as_bytes = (images * 255).round().to(torch.uint8).squeeze(1).numpy()
+    torch.testing.assert_close(
+        vae.reconstruct(as_bytes), vae.reconstruct(torch.from_numpy(as_bytes)[:, None] / 255)
+    )
+    assert vae.interpolate(images[0, 0], np.asarray(images[1]), steps=3).shape == (3, 1, 28, 28)
+    assert cvae.reconstruct(images, labels=[1.0, 2, 3]).shape == (3, 1, 28, 28)
+    for call, message in [
+        (lambda: vae.reconstruct(images * 2 - 1), r"\(x \+ 1\) / 2"),
+        (lambda: vae.reconstruct(torch.rand(2, 3, 32, 32)), "expected 28x28 grey images"),
+        (lambda: vae.reconstruct(images, labels=[1, 2, 3]), "unconditional: it takes no labels"),
+        (lambda: cvae.reconstruct(images, labels=[1.5, 2, 3]), "labels must be integers"),
+        (lambda: cvae.interpolate(images[0], images[1], labels=12), r"labels must be in 0\.\.9"),
+        (lambda: vae.interpolate(images[:2], images[2]), "one start and one end image"),
+        (lambda: vae.interpolate("x", images[2]), "start: not an array of pixels"),
+        (lambda: vae.encode(torch.rand(2, 3, 32, 32)), r"takes a tensor \(b, 1, 28, 28\)"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            call()
+
+
 def test_config_values_must_be_finite():
     for value in (math.nan, math.inf):
         with pytest.raises(ConfigError, match="must be a finite number"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +142,12 @@ class VAE(GenerativeModel):
     def encode(
         self, images: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior ``q(z | x)`` as ``(mean, logvar)``, each ``(b, latent_dim)``."""
+        """Posterior ``q(z | x)`` as ``(mean, logvar)``, each ``(b, latent_dim)``, of a
+        batch ``(b, 1, 28, 28)`` (the training step's: `reconstruct` and `interpolate`
+        take images in any layout and check their values)."""
+        if not isinstance(images, torch.Tensor) or tuple(images.shape[1:]) != (1, 28, 28):
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+            raise ConfigError(f"encode() takes a tensor (b, 1, 28, 28), got {shape}")
         mean, logvar = self.encoder(images, self._cond(labels)).chunk(2, dim=1)
         return mean, logvar
 
@@ -154,14 +159,22 @@ class VAE(GenerativeModel):
         """Images in ``[0, 1]`` (Bernoulli means) for latent codes ``z``."""
         return torch.sigmoid(self.decode_logits(z, labels).float())
 
+    def _input_labels(self, n: int, labels: Any) -> torch.Tensor | None:
+        """Labels given with images, checked as `sample` checks them (None: none given)."""
+        if labels is None:
+            return None
+        return self._check_labels(n, labels).to(self.device)
+
     @_evaluating
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the posterior mean of ``images``: the model's reconstruction in ``[0, 1]``.
 
         Runs in eval mode (BatchNorm uses its running statistics) and leaves the mode as it
         was."""
-        images = images.to(self.device)
-        labels = None if labels is None else torch.as_tensor(labels).to(self.device)
+        from genmnist.metrics.image_files import as_unit_images
+
+        images = as_unit_images(images).to(self.device)
+        labels = self._input_labels(images.shape[0], labels)
         mean, _ = self.encode(images, labels)
         return self.decode(mean, labels).cpu()
 
@@ -187,10 +200,21 @@ class VAE(GenerativeModel):
         Returns:
             ``(steps, 1, 28, 28)`` images in ``[0, 1]``.
         """
-        pair = torch.stack([start.reshape(1, 28, 28), end.reshape(1, 28, 28)]).to(self.device)
+        from genmnist.metrics.image_files import as_unit_images
+
+        def one_image(image, what: str) -> torch.Tensor:
+            numel = getattr(image, "numel", None) or getattr(image, "size", None)
+            if (numel() if callable(numel) else numel) == 28 * 28:  # (28, 28), (1, 28, 28)...
+                image = image.reshape(1, 1, 28, 28)
+            return as_unit_images(image, what)
+
+        ends = [one_image(start, "start"), one_image(end, "end")]
+        if any(image.shape[0] != 1 for image in ends):
+            raise ConfigError("interpolate() takes one start and one end image")
+        pair = torch.cat(ends).to(self.device)
         pair_labels = None
         if labels is not None:
-            pair_labels = torch.as_tensor(labels).reshape(1).repeat(2).to(self.device)
+            pair_labels = self._input_labels(1, labels).repeat(2)
         mean, _ = self.encode(pair, pair_labels)
         path = interpolate_latents(mean[0], mean[1], steps, method)
         path_labels = None if labels is None else pair_labels[:1].repeat(steps)
