@@ -132,6 +132,7 @@ def test_files_that_are_not_images_fail_in_one_sentence(tmp_path, digits):
         (labels[:5], "expected 20 labels"),
         (labels + 0.5, "whole numbers"),
         (labels - 10, "0 or more"),
+        (np.eye(10)[labels], r"one-hot\? store labels.argmax\(1\)"),
     ]:
         np.save(tmp_path / "labels.npy", labels_array)
         with pytest.raises(ConfigError, match=fragment):

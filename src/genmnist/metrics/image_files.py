@@ -111,6 +111,11 @@ def as_unit_images(images, source: str = "the images") -> torch.Tensor:
 
 
 def _as_labels(labels: torch.Tensor, n: int, source: str) -> torch.Tensor:
+    if labels.ndim == 2 and labels.shape[0] == n and labels.shape[1] > 1:
+        raise ConfigError(
+            f"{source}: expected one class number per image, shape ({n},), got shape "
+            f"{tuple(labels.shape)} (one-hot? store labels.argmax(1))"
+        )
     labels = whole_labels(labels, f"{source}: labels must be whole numbers, one per image")
     if labels.shape[0] != n:
         raise ConfigError(f"{source}: expected {n} labels (one per image), got {labels.shape[0]}")
