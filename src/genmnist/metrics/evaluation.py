@@ -287,7 +287,12 @@ def evaluate_images(
         labels: The classes the images were drawn for, if they were: adds conditional
             accuracy.
         name: What the images are called in the result.
-        data_dir, seed, floor, k, kid_subsets, log: As for :func:`evaluate`.
+        data_dir: Data root (default ``$GENMNIST_DATA``).
+        seed: Seed of the floor's training subset and of KID's subsets.
+        floor: Also compute the real-data floor (keys ending in ``_floor``).
+        k: Neighbourhood size of precision/recall.
+        kid_subsets: Number of KID subsets.
+        log: Called with progress messages.
 
     Raises:
         ConfigError: fewer than 10 images, or labels that do not match them.
