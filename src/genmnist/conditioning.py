@@ -93,21 +93,27 @@ class ClusterConditioning(Conditioning):
 
     Args:
         clusters: Number of clusters (at least 2).
+        space: Where k-means looks at the images: a name in
+            `genmnist.clustering.CLUSTER_SPACES` (``pixels``, ``vae-gmm``).
     """
 
-    def __init__(self, clusters: int) -> None:
+    def __init__(self, clusters: int, space: str = "pixels") -> None:
         super().__init__()
+        from genmnist.clustering import CLUSTER_SPACES
+
         if clusters < 2:
             raise ConfigError(f"clusters must be 0 (off) or at least 2, got {clusters}")
         self.num_labels = clusters
+        self.space = CLUSTER_SPACES.create(space)
         # Until `prepare` fits them every cluster is equally likely, so an untrained model
         # still samples.
-        self.register_buffer("centers", torch.zeros(clusters, 28 * 28))
+        self.register_buffer("centers", torch.zeros(clusters, self.space.dim))
         self.register_buffer("shares", torch.full((clusters,), 1 / clusters))
 
     def prepare(self, data: InMemoryDataset) -> None:
-        """Cluster the training images (on their pixels as training batches see them, so
-        `cluster_of` agrees with the fit) and record each cluster's share."""
+        """Cluster the training images (their features in the space, computed from the
+        images as training batches see them, so `cluster_of` agrees with the fit) and
+        record each cluster's share."""
         from genmnist.clustering import kmeans
 
         if len(data) < self.num_labels:
@@ -115,8 +121,12 @@ class ClusterConditioning(Conditioning):
                 f"clusters ({self.num_labels}) cannot exceed the number of training images "
                 f"({len(data)})"
             )
+        self.space.fit(data.name)
         images, _ = data.batch(torch.arange(len(data)))
-        centers, assignment = kmeans(images.flatten(1), self.num_labels)
+        features = self.space.features(images.to(self.centers.device))
+        centers, assignment = kmeans(
+            features, self.num_labels, iterations=self.space.kmeans_iterations
+        )
         counts = torch.bincount(assignment, minlength=self.num_labels).float()
         self.centers.copy_(centers)
         self.shares.copy_(counts / counts.sum())
@@ -125,8 +135,7 @@ class ClusterConditioning(Conditioning):
         """The nearest cluster of each image ``(b, 1, 28, 28)`` in ``[0, 1]``."""
         from genmnist.clustering import nearest_center
 
-        with torch.autocast(images.device.type, enabled=False):
-            return nearest_center(images.flatten(1), self.centers)
+        return nearest_center(self.space(images), self.centers)
 
     def training_labels(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.cluster_of(images)
@@ -158,9 +167,11 @@ class ConditionedModel:
             self.conditioning.prepare(data)
 
 
-def conditioning_for(num_classes: int, clusters: int) -> Conditioning:
+def conditioning_for(
+    num_classes: int, clusters: int, cluster_space: str = "pixels"
+) -> Conditioning:
     """The conditioning a config describes: class labels (``num_classes > 0``), clusters
-    the model finds itself (``clusters > 0``), or none.
+    the model finds itself (``clusters > 0``, in ``cluster_space``), or none.
 
     Raises:
         ConfigError: both are set (a model conditions on one kind of label), or
@@ -172,7 +183,11 @@ def conditioning_for(num_classes: int, clusters: int) -> Conditioning:
             "with num_classes conditions on the dataset's classes"
         )
     if clusters:
-        return ClusterConditioning(clusters)
+        return ClusterConditioning(clusters, cluster_space)
+    if cluster_space != "pixels":
+        raise ConfigError(
+            f"cluster_space '{cluster_space}' is for models with clusters; set clusters too"
+        )
     if num_classes:
         return ClassConditioning(num_classes)
     return Unconditioned()

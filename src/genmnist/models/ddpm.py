@@ -64,6 +64,9 @@ class DDPMConfig(ModelConfig):
             images, found by k-means before training (self-guidance, Hu et al., 2023);
             sampling draws each image's cluster by its share, so users still sample
             without labels. 0: off.
+        cluster_space: Where k-means finds those clusters: a name in
+            `genmnist.clustering.CLUSTER_SPACES` (``pixels``, or ``vae-gmm``: the latent
+            space of the shipped ``vae-gmm``, whose clusters are purer by class).
         sampler: Default sampler name.
         sampling_steps: Default number of sampling steps.
         spacing: How the sampling steps are spread over ``t`` (``uniform``, ``trailing``
@@ -86,6 +89,7 @@ class DDPMConfig(ModelConfig):
     dropout: float = 0.0
     label_dropout: float = 0.1
     clusters: int = 0
+    cluster_space: str = "pixels"
     sampler: str = "dpmpp-2m"
     sampling_steps: int = 20
     spacing: str = "uniform"
@@ -129,7 +133,7 @@ class DDPM(LabelGuidance, GenerativeModel):
         SAMPLERS.get(cfg.sampler)  # fail early on an unknown default sampler
         check_spacing(cfg.spacing)
         self.check_guidance_defaults()
-        self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters)
+        self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters, cfg.cluster_space)
         self.unet = UNet(
             channels=tuple(cfg.channels),
             blocks_per_level=cfg.blocks_per_level,

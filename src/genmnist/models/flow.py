@@ -45,6 +45,9 @@ class FlowConfig(ModelConfig):
             the unconditional velocity that classifier-free guidance needs.
         clusters: Condition an unconditional model on this many k-means clusters of its
             training images; sampling draws each image's cluster by its share. 0: off.
+        cluster_space: Where k-means finds those clusters: a name in
+            `genmnist.clustering.CLUSTER_SPACES` (``pixels``, or ``vae-gmm``: the latent
+            space of the shipped ``vae-gmm``, whose clusters are purer by class).
         sampler: Default ODE sampler, a name in `genmnist.flow.FLOW_SAMPLERS`.
         sampling_steps: Default number of sampler steps (``euler`` evaluates the network
             once per step, ``midpoint`` and ``heun`` twice).
@@ -64,6 +67,7 @@ class FlowConfig(ModelConfig):
     time_distribution: str = "logit-normal"
     label_dropout: float = 0.1
     clusters: int = 0
+    cluster_space: str = "pixels"
     sampler: str = "midpoint"
     sampling_steps: int = 4
     time_shift: float = 1.0
@@ -108,7 +112,7 @@ class FlowMatching(LabelGuidance, GenerativeModel):
         self.check_sampler(cfg.sampler)  # fail early on an unknown default sampler
         flow_times(cfg.sampling_steps, cfg.time_shift)  # ... and on unusable step settings
         self.check_guidance_defaults()
-        self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters)
+        self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters, cfg.cluster_space)
         self.unet = UNet(
             channels=tuple(cfg.channels),
             blocks_per_level=cfg.blocks_per_level,

@@ -74,6 +74,9 @@ class GANConfig(ModelConfig):
         clusters: Condition G and D on this many k-means clusters of the training
             images instead of classes (0: off), sampled by their share of the training
             set: a self-conditioned GAN (Liu et al., 2020), unconditional to the user.
+        cluster_space: Where k-means finds those clusters: a name in
+            `genmnist.clustering.CLUSTER_SPACES` (``pixels``, or ``vae-gmm``: the latent
+            space of the shipped ``vae-gmm``, whose clusters are purer by class).
         conditioning: How the discriminator uses labels: ``projection`` or ``embedding``.
         spectral_norm: Spectral normalisation of every discriminator weight.
         d_dropout: Dropout after each discriminator layer.
@@ -112,6 +115,7 @@ class GANConfig(ModelConfig):
     d_norm: str = "batch"
     embed_dim: int = 16
     clusters: int = 0
+    cluster_space: str = "pixels"
     conditioning: str = "projection"
     spectral_norm: bool = False
     d_dropout: float = 0.0
@@ -144,6 +148,7 @@ class GAN(ConditionedModel, GenerativeModel):
     """
 
     config_class = GANConfig
+    config_version = 2
     sampling_options = ("temperature",)
     default_name = "gan"
     bf16_helps = True  # measured on 2 CPU cores: 1.3x-2x images/s, see docs/models/gan.md
@@ -172,7 +177,7 @@ class GAN(ConditionedModel, GenerativeModel):
         check_widths("d_hidden_dims", cfg.d_hidden_dims, allow_empty=True)
         if cfg.d_lr is not None and not (math.isfinite(cfg.d_lr) and cfg.d_lr >= 0):
             raise ConfigError(f"d_lr must be a number >= 0 or null, got {cfg.d_lr}")
-        self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters)
+        self.conditioning = conditioning_for(cfg.num_classes, cfg.clusters, cfg.cluster_space)
         self.augment = augment_pipeline(tuple(cfg.d_augment))
         num_labels = self.conditioning.num_labels
         if num_labels:  # a zero-width label embedding would silently ignore the labels
@@ -206,6 +211,14 @@ class GAN(ConditionedModel, GenerativeModel):
         # Fakes of the current step's discriminator phase, reused by its generator phase
         # (as in PyTorch's DCGAN example): saves one generator forward pass per step.
         self._fakes: tuple[int, torch.Tensor, torch.Tensor | None] | None = None
+
+    @classmethod
+    def migrate_config(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 had no ``cluster_space``: its clusters were found on pixels (the
+        ``gan-sc`` preset now finds them in a latent space, so the field is spelled out)."""
+        if version >= 2:
+            return data
+        return {**data, "cluster_space": data.get("cluster_space", "pixels")}
 
     # ----------------------------------------------------------------- generator
     def _cond(self, labels: torch.Tensor | None) -> torch.Tensor | None:
@@ -509,10 +522,12 @@ MODELS.register(
     "gan-sc",
     GAN,
     description="Self-conditioned DCGAN: G and D conditioned on 50 k-means clusters of the "
-    "training images, drawn by their share (unconditional to the user); minibatch std in D",
+    "training images in the shipped vae-gmm's latent space, drawn by their share "
+    "(unconditional to the user); minibatch std in D",
     generator="conv",
     discriminator="conv",
     clusters=50,
+    cluster_space="vae-gmm",
     conditioning="projection",
     minibatch_std=True,
     real_target=0.9,
