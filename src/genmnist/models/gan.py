@@ -291,11 +291,11 @@ class GAN(ConditionedModel, GenerativeModel):
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, phase: str = "model"
     ) -> dict[str, torch.Tensor]:
-        labels = self.conditioning.training_labels(images, labels)
         if phase == "discriminator":
-            return self._discriminator_loss(images, labels, step)
+            network_labels = self.conditioning.training_labels(images, labels)
+            return self._discriminator_loss(images, network_labels, step)
         if phase == "generator":
-            return self._generator_loss(images.shape[0], labels, step)
+            return self.generator_loss(*self.step_fakes(images, labels, step))
         raise ConfigError(f"a GAN trains in phases 'discriminator' and 'generator', not '{phase}'")
 
     def _discriminator_loss(
@@ -328,25 +328,22 @@ class GAN(ConditionedModel, GenerativeModel):
             out[cfg.penalty] = penalty.detach()
         return {"loss": loss, **out}
 
-    def _generator_loss(
-        self, batch: int, labels: torch.Tensor | None, step: int
-    ) -> dict[str, torch.Tensor]:
-        fakes, labels = self.step_fakes(batch, labels, step)
-        return self.generator_loss(fakes, labels)
-
     def step_fakes(
-        self, batch: int, labels: torch.Tensor | None, step: int
+        self, images: torch.Tensor, labels: torch.Tensor, step: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The generator's images ``(fakes in [-1, 1] with their graph, their labels)`` for
-        the generator phase of ``step``: those the discriminator phase of the same step
-        drew (each is handed out once), else ``batch`` new ones for ``labels``."""
+        """The generator's images ``(fakes in [-1, 1] with their graph, their network
+        labels)`` for the generator phase of ``step``: those the discriminator phase of the
+        same step drew (each is handed out once), else new ones for the network labels of
+        the training batch ``images``, ``labels`` (derived only then: a cluster space's
+        encoder need not run twice per step)."""
         if self._fakes is not None and self._fakes[0] == step:
-            _, fakes, labels = self._fakes
+            _, fakes, network_labels = self._fakes
         else:  # called without the discriminator phase first: draw new fakes
-            z = torch.randn(batch, self.config.latent_dim, device=self.device)
-            fakes = self.generate_images(z, labels)
+            network_labels = self.conditioning.training_labels(images, labels)
+            z = torch.randn(images.shape[0], self.config.latent_dim, device=self.device)
+            fakes = self.generate_images(z, network_labels)
         self._fakes = None
-        return fakes, labels
+        return fakes, network_labels
 
     def generator_loss(
         self, fakes: torch.Tensor, labels: torch.Tensor | None

@@ -123,8 +123,8 @@ class AuxiliaryClassifier(TrainingTask):
         if phase == "discriminator":
             return model.training_loss(images, labels, step, phase)
         gan: GAN = model
-        labels = gan.conditioning.training_labels(images, labels).long()
         if phase == "classifier":
+            labels = gan.conditioning.training_labels(images, labels).long()
             logits = self.classifier(images * 2 - 1)
             return {
                 "loss": F.cross_entropy(logits.float(), labels),
@@ -135,7 +135,7 @@ class AuxiliaryClassifier(TrainingTask):
                 "an auxiliary-classifier GAN trains in phases 'discriminator', 'classifier' "
                 f"and 'generator', not '{phase}'"
             )
-        fakes, fake_labels = gan.step_fakes(images.shape[0], labels, step)
+        fakes, fake_labels = gan.step_fakes(images, labels, step)
         out = gan.generator_loss(fakes, fake_labels)
         self.classifier.requires_grad_(False)  # trained on real images only
         try:
